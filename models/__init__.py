@@ -1,0 +1,1 @@
+"""Model math: pure torch + diffusers + transformers, no ComfyUI imports."""

@@ -1,0 +1,1 @@
+"""animatediff models."""

@@ -1,0 +1,1 @@
+"""one_to_all models."""

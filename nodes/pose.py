@@ -1,0 +1,262 @@
+"""ComfyUI nodes of the pose stack: load a detector, detect, prepare frames, align, render, save/load JSON.
+
+Each node is argument plumbing around pose/; model files come from ComfyUI's
+``pose_models`` folder through nodes/host.py.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from ..pose import align, detect, frames, keypoints, render
+from . import host
+
+CATEGORY = "PoseAnimate/pose"
+DETECTOR_TYPE = "POSEANIMATE_POSE_DETECTOR"
+DWPOSE_DET = "yolox_l.onnx"
+DWPOSE_POSE = "dw-ll_ucoco_384.onnx"
+BACKENDS = ("mediapipe (embedded)", "dwpose (onnx)")
+
+
+def _onnx_choices(default: str) -> list[str]:
+    names = host.list_models("pose_models", {".onnx"})
+    return names or [default]
+
+
+class LoadPoseDetector:
+    """Pose detector: the embedded mediapipe model (nothing to download) or DWPose ONNX files."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "backend": (list(BACKENDS), {"default": BACKENDS[0]}),
+                "dwpose_detector": (_onnx_choices(DWPOSE_DET), {"tooltip": f"YOLOX person detector ({DWPOSE_DET}) in models/pose_models"}),
+                "dwpose_model": (_onnx_choices(DWPOSE_POSE), {"tooltip": f"DWPose whole-body model ({DWPOSE_POSE}) in models/pose_models"}),
+            }
+        }
+
+    RETURN_TYPES = (DETECTOR_TYPE,)
+    RETURN_NAMES = ("detector",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, backend, dwpose_detector=DWPOSE_DET, dwpose_model=DWPOSE_POSE):
+        if backend.startswith("dwpose"):
+            det = host.resolve_model("pose_models", dwpose_detector)
+            pose = host.resolve_model("pose_models", dwpose_model)
+            return (detect.load_detector("dwpose", det_path=det, pose_path=pose),)
+        return (detect.load_detector("mediapipe"),)
+
+
+class DetectPoses:
+    """IMAGE frames -> POSE_KEYPOINT (whole body, real scores kept), with progress and cancel."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "detector": (DETECTOR_TYPE,),
+                "person": (["largest", "first", "all"], {"default": "largest", "tooltip": "Which person to keep when several are found"}),
+                "missing_frames": (["hold_last", "empty"], {"default": "hold_last", "tooltip": "Frames with nobody: repeat the last pose, or leave empty"}),
+                "batch_size": ("INT", {"default": 8, "min": 1, "max": 256}),
+            }
+        }
+
+    RETURN_TYPES = ("POSE_KEYPOINT",)
+    RETURN_NAMES = ("poses",)
+    FUNCTION = "detect"
+    CATEGORY = CATEGORY
+
+    def detect(self, images, detector, person="largest", missing_frames="hold_last", batch_size=8):
+        pixels = frames.to_uint8_rgb(images, "images")
+        batches = -(-len(pixels) // batch_size)
+        try:
+            found = detect.detect_video(detector, pixels, person=person, missing=missing_frames,
+                                        callback=host.step_callback(batches), batch_size=batch_size)
+        finally:
+            host.free_memory()
+        return (keypoints.frames_to_pose_keypoint(found),)
+
+
+class PrepareDrivingVideo:
+    """Every n-th frame, a frame cap, and crop/resize to the reference's aspect ratio (multiples of 16)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "select_every_nth": ("INT", {"default": 1, "min": 1, "max": 64}),
+                "max_frames": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "0 = all frames"}),
+                "skip_first_frames": ("INT", {"default": 0, "min": 0, "max": 100000}),
+                "short_side": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16, "tooltip": "0 = the reference's own size"}),
+                "fit": (["crop", "pad", "stretch"], {"default": "crop"}),
+            },
+            "optional": {"reference_image": ("IMAGE",)},
+        }
+
+    RETURN_TYPES = ("IMAGE", "INT", "INT", "INT")
+    RETURN_NAMES = ("frames", "frame_count", "width", "height")
+    FUNCTION = "prepare"
+    CATEGORY = CATEGORY
+
+    def prepare(self, images, select_every_nth=1, max_frames=0, skip_first_frames=0, short_side=0, fit="crop", reference_image=None):
+        size = None
+        if reference_image is not None:
+            ref = frames.to_uint8_rgb(reference_image, "reference_image")
+            size = (ref.shape[2], ref.shape[1])
+        out = frames.prepare_driving(images, size, select_every_nth, max_frames, skip_first_frames, short_side, fit)
+        return (frames.to_image_tensor(out), len(out), out.shape[2], out.shape[1])
+
+
+class AlignPoses:
+    """Retarget the driving poses to the character in the reference (per-model modes)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "driving_poses": ("POSE_KEYPOINT",),
+                "reference_pose": ("POSE_KEYPOINT",),
+                "mode": (list(align.MODES), {"default": "unianimate"}),
+                "anchor_frame": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Driving frame whose proportions are matched to the reference"}),
+            },
+            "optional": {"reference_image": ("IMAGE", {"tooltip": "Needed by one_to_all_pose (the reference is warped onto the pose)"})},
+        }
+
+    RETURN_TYPES = ("POSE_KEYPOINT", "POSE_KEYPOINT", "IMAGE", "MASK")
+    RETURN_NAMES = ("aligned_poses", "reference_pose", "reference_image", "outpaint_mask")
+    FUNCTION = "align"
+    CATEGORY = CATEGORY
+
+    def align(self, driving_poses, reference_pose, mode="unianimate", anchor_frame=0, reference_image=None):
+        import torch
+
+        driving = keypoints.frames_from_pose_keypoint(driving_poses)
+        reference = keypoints.frames_from_pose_keypoint(reference_pose)[0]
+        ref_img = None if reference_image is None else frames.to_uint8_rgb(reference_image, "reference_image")[0]
+        if anchor_frame >= len(driving):
+            raise ValueError(f"anchor_frame {anchor_frame} is past the last driving frame ({len(driving) - 1})")
+        result = align.align_poses(driving, reference, mode, ref_img, anchor_frame)
+        image = result.reference_image
+        if image is None:
+            image = np.zeros((reference.height, reference.width, 3), np.uint8)
+        mask = result.mask if result.mask is not None else np.zeros(image.shape[:2], np.float32)
+        return (
+            keypoints.frames_to_pose_keypoint(result.frames),
+            keypoints.frames_to_pose_keypoint([result.reference_pose]),
+            frames.to_image_tensor(image[None]),
+            torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None],
+        )
+
+
+class RenderPoses:
+    """POSE_KEYPOINT -> pose images in the drawing style a model was trained on."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "poses": ("POSE_KEYPOINT",),
+                "style": (list(render.STYLES), {"default": "openpose"}),
+                "width": ("INT", {"default": 0, "min": 0, "max": 8192, "tooltip": "0 = the poses' canvas width"}),
+                "height": ("INT", {"default": 0, "min": 0, "max": 8192, "tooltip": "0 = the poses' canvas height"}),
+                "draw_body": ("BOOLEAN", {"default": True}),
+                "draw_hands": ("BOOLEAN", {"default": True}),
+                "draw_face": ("BOOLEAN", {"default": True}),
+                "face_change": ("BOOLEAN", {"default": True, "tooltip": "one_to_all: faded face (the official scripts' default)"}),
+                "head_change": ("BOOLEAN", {"default": False, "tooltip": "one_to_all: hide head joints"}),
+            }
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("pose_images",)
+    FUNCTION = "render"
+    CATEGORY = CATEGORY
+
+    def render(self, poses, style="openpose", width=0, height=0, draw_body=True, draw_hands=True,
+               draw_face=True, face_change=True, head_change=False):
+        parsed = keypoints.frames_from_pose_keypoint(poses)
+        options = render_options(style, draw_body, draw_hands, draw_face, face_change, head_change)
+        images = render.render_poses(parsed, style, width or None, height or None, **options)
+        return (frames.to_image_tensor(images),)
+
+
+def render_options(style, draw_body=True, draw_hands=True, draw_face=True, face_change=True, head_change=False) -> dict:
+    """The node's switches, translated to the options each style understands."""
+    if style == "openpose":
+        return {"draw_body": draw_body, "draw_hands": draw_hands, "draw_face": draw_face}
+    if style == "one_to_all":
+        return {"without_face": not draw_face, "face_change": face_change, "head_change": head_change}
+    return {}
+
+
+class SavePoseJSON:
+    """Write POSE_KEYPOINT to the output folder as JSON (controlnet_aux compatible, scores kept)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"poses": ("POSE_KEYPOINT",), "filename_prefix": ("STRING", {"default": "PoseAnimate/poses"})}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+    CATEGORY = CATEGORY
+
+    def save(self, poses, filename_prefix="PoseAnimate/poses"):
+        parsed = keypoints.frames_from_pose_keypoint(poses)  # validates before writing
+        out_dir = host.output_directory()
+        prefix = filename_prefix.strip().lstrip("/\\") or "poses"
+        if ".." in prefix.replace("\\", "/").split("/"):
+            raise ValueError(f"filename_prefix {filename_prefix!r} must stay inside the output folder")
+        path = out_dir / f"{prefix}_{time.strftime('%Y%m%d-%H%M%S')}_{len(parsed):05d}f.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(keypoints.frames_to_pose_keypoint(parsed)))
+        return {"ui": {"text": [str(path.relative_to(out_dir))]}, "result": ()}
+
+
+class LoadPoseJSON:
+    """Read a POSE_KEYPOINT JSON file from the input folder (ours, or comfyui_controlnet_aux's)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        root = host.input_directory()
+        files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.json")) if root.is_dir() else []
+        return {"required": {"file": (files or ["poses.json"],)}}
+
+    RETURN_TYPES = ("POSE_KEYPOINT",)
+    RETURN_NAMES = ("poses",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, file):
+        path = host.resolve_input_file(file)
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise keypoints.PoseFormatError(f"{file} is not valid JSON: {exc}") from exc
+        return (keypoints.frames_to_pose_keypoint(keypoints.frames_from_pose_keypoint(data)),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "PoseAnimateLoadPoseDetector": LoadPoseDetector,
+    "PoseAnimateDetectPoses": DetectPoses,
+    "PoseAnimatePrepareDrivingVideo": PrepareDrivingVideo,
+    "PoseAnimateAlignPoses": AlignPoses,
+    "PoseAnimateRenderPoses": RenderPoses,
+    "PoseAnimateSavePoseJSON": SavePoseJSON,
+    "PoseAnimateLoadPoseJSON": LoadPoseJSON,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "PoseAnimateLoadPoseDetector": "Load Pose Detector (PoseAnimate)",
+    "PoseAnimateDetectPoses": "Detect Poses (PoseAnimate)",
+    "PoseAnimatePrepareDrivingVideo": "Prepare Driving Video (PoseAnimate)",
+    "PoseAnimateAlignPoses": "Align Poses to Reference (PoseAnimate)",
+    "PoseAnimateRenderPoses": "Render Poses (PoseAnimate)",
+    "PoseAnimateSavePoseJSON": "Save Pose JSON (PoseAnimate)",
+    "PoseAnimateLoadPoseJSON": "Load Pose JSON (PoseAnimate)",
+}

@@ -1,0 +1,1 @@
+"""Pose stack: detection, keypoint format, alignment, rendering, frame handling (no ComfyUI imports)."""
