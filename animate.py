@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     import cv2
     import numpy as np
 
-    from poseanimate.pose import detect, keypoints, preview, sample_media, stage, video_io
+    from poseanimate.pose import detect, keypoints, preview, render, sample_media, stage, video_io
 
     started = time.perf_counter()
     if args.reference:
@@ -67,9 +67,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     video_path = video_io.write_mp4(out / "aligned_pose.mp4", result.pose_video, fps=fps / args.every_nth)
     ref_img = result.aligned.reference_image if result.aligned.reference_image is not None else reference
+    style = args.style or stage.STYLE_FOR_MODE[args.mode]
+    ref_pose_img = render.render_pose(result.aligned.reference_pose, style, ref_img.shape[1], ref_img.shape[0])
     sheet = preview.contact_sheet(
-        [ref_img, result.driving_frames[0], result.detected_video[0], result.pose_video[0]],
-        ["reference", "driving frame", "detected pose", f"aligned ({args.mode})"],
+        [ref_img, ref_pose_img, result.driving_frames[0], result.detected_video[0], result.pose_video[0]],
+        ["reference", "reference pose", "driving frame", "detected pose", f"aligned: {args.mode} / {style}"],
     )
     cv2.imwrite(str(out / "preview.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     (out / "poses.json").write_text(json.dumps(keypoints.frames_to_pose_keypoint(result.aligned.frames)))

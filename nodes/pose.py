@@ -73,10 +73,9 @@ class DetectPoses:
 
     def detect(self, images, detector, person="largest", missing_frames="hold_last", batch_size=8):
         pixels = frames.to_uint8_rgb(images, "images")
-        batches = -(-len(pixels) // batch_size)
         try:
             found = detect.detect_video(detector, pixels, person=person, missing=missing_frames,
-                                        callback=host.step_callback(batches), batch_size=batch_size)
+                                        callback=host.step_callback(len(pixels)), batch_size=batch_size)
         finally:
             host.free_memory()
         return (keypoints.frames_to_pose_keypoint(found),)

@@ -1,0 +1,41 @@
+"""Pose-stage figures (issue: foundation and pose stack). Prints one `name: value` line per figure.
+
+    pose_render_fps            rendering at 832x480, openpose style, frames per second (target >= 200)
+    pose_render_fps_<style>    the same for the other styles
+    pose_detect_fps            embedded-default (mediapipe) detection, frames per second
+    pose_detect_overhead       the pack's detection time over the raw detector's own time, same frames (target <= 1.2)
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from pack_loader import load_pack  # noqa: E402
+
+
+def main() -> None:
+    load_pack()
+    from pose_detect_bench import measure_detect
+    from pose_render_bench import measure_render_fps
+
+    from poseanimate.pose import sample_media
+
+    print(f"pose_render_fps: {measure_render_fps(832, 480, style='openpose'):.1f}")
+    for style in ("unianimate", "one_to_all"):
+        print(f"pose_render_fps_{style}: {measure_render_fps(832, 480, style=style):.1f}")
+    try:
+        clip = sample_media.sample_driving_clip(48)
+        figures = measure_detect(clip)
+    except ImportError as exc:
+        print(f"# detection figures skipped: {exc}")
+        return
+    for name in ("pose_detect_fps", "pose_detect_overhead"):
+        print(f"{name}: {figures[name]:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Tiny ONNX stand-ins for yolox_l.onnx and dw-ll_ucoco_384.onnx, built with the onnx package.
+
+They keep the real files' I/O signature (detector ``images`` [N,3,640,640] -> ``output``
+[N,8400,85]; pose ``input`` [N,3,384,288] -> ``simcc_x`` [N,133,576], ``simcc_y``
+[N,133,768]) but compute trivially, so every decoding step can be checked exactly:
+
+* detector: constant raw YOLOX rows that encode chosen boxes (in 640-letterbox pixels),
+  optionally gated by the mean of one input channel (to check which channel order it gets);
+* pose "onehot": constant SimCC vectors peaking at chosen crop pixels with chosen scores;
+* pose "spot": SimCC = sigmoid of the column / row means of one input channel, so the
+  brightest column and row of the crop become every keypoint (checks crop geometry).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+NUM_ROWS = 8400
+NUM_KP = 133
+OPSET = 17
+
+
+def _save(nodes, inputs, outputs, inits, path: Path) -> Path:
+    graph = helper.make_graph(nodes, "tiny", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="poseanimate-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def _grid():
+    cells, strides = [], []
+    for stride in (8, 16, 32):
+        n = 640 // stride
+        ys, xs = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        cells.append(np.stack([xs.ravel(), ys.ravel()], 1))
+        strides.append(np.full(n * n, stride))
+    return np.concatenate(cells), np.concatenate(strides)
+
+
+def yolox_rows(boxes) -> np.ndarray:
+    """Raw (8400, 85) YOLOX output encoding ``boxes`` = [(x1, y1, x2, y2, obj, cls_id, cls_score)]
+    in letterbox pixels; each box sits in the stride-32 cell under its centre (distinct cells)."""
+    cells, strides = _grid()
+    rows = np.zeros((NUM_ROWS, 85), np.float32)
+    base = 6400 + 1600
+    used = set()
+    for x1, y1, x2, y2, obj, cls_id, cls_score in boxes:
+        cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
+        idx = base + int(cy // 32) * 20 + int(cx // 32)
+        if idx in used:
+            raise ValueError("two test boxes share a grid cell; move one")
+        used.add(idx)
+        rows[idx, 0] = cx / 32 - cells[idx, 0]
+        rows[idx, 1] = cy / 32 - cells[idx, 1]
+        rows[idx, 2] = np.log(w / 32)
+        rows[idx, 3] = np.log(h / 32)
+        rows[idx, 4] = obj
+        rows[idx, 5 + int(cls_id)] = cls_score
+    return rows
+
+
+def build_detector(path: Path, boxes, dynamic_batch: bool = False, gate_channel: int | None = None) -> Path:
+    """YOLOX-signature model returning ``yolox_rows(boxes)`` for each image. With ``gate_channel``
+    the objectness is multiplied by sigmoid((mean of that input channel - 128) / 4), so a box
+    only appears when that channel is bright."""
+    batch = "N" if dynamic_batch else 1
+    images = helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, 640, 640])
+    output = helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, NUM_ROWS, 85])
+    rows = yolox_rows(boxes)[None]
+    gated = np.zeros_like(rows)
+    if gate_channel is not None:
+        gated[..., 4], rows = rows[..., 4].copy(), rows.copy()
+        rows[..., 4] = 0.0
+    inits = [numpy_helper.from_array(rows, "rows"), numpy_helper.from_array(gated, "gated"),
+             numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
+             numpy_helper.from_array(np.array([128.0], np.float32), "mid"),
+             numpy_helper.from_array(np.array([0.25], np.float32), "quarter"),
+             numpy_helper.from_array(np.array([gate_channel or 0], np.int64), "chan"),
+             numpy_helper.from_array(np.array([(gate_channel or 0) + 1], np.int64), "chan_end"),
+             numpy_helper.from_array(np.array([1], np.int64), "one")]
+    nodes = [
+        # per-image scalar that depends on the input: gives the batch axis and (optionally) the gate
+        helper.make_node("Slice", ["images", "chan", "chan_end", "one"], ["ch"]),  # channel c only
+        helper.make_node("ReduceMean", ["ch"], ["m"], axes=[1, 2, 3], keepdims=1),  # [N,1,1,1]
+        helper.make_node("Squeeze", ["m", "one"], ["m3"]),  # [N,1,1]
+        helper.make_node("Sub", ["m3", "mid"], ["c"]),
+        helper.make_node("Mul", ["c", "quarter"], ["cq"]),
+        helper.make_node("Sigmoid", ["cq"], ["gate"]),
+        helper.make_node("Mul", ["m3", "zero"], ["z"]),
+        helper.make_node("Add", ["rows", "z"], ["base"]),  # [N,8400,85]
+        helper.make_node("Mul", ["gated", "gate"], ["g"]),
+        helper.make_node("Add", ["base", "g"], ["output"]),
+    ]
+    return _save(nodes, [images], [output], inits, path)
+
+
+def simcc_onehot(points, scores) -> tuple[np.ndarray, np.ndarray]:
+    """(133, 576), (133, 768) SimCC vectors peaking at crop pixel ``points[k]`` with value
+    ``scores[k]`` (both maxima equal); a non-positive score gives an all-equal vector."""
+    sx = np.zeros((NUM_KP, 576), np.float32)
+    sy = np.zeros((NUM_KP, 768), np.float32)
+    for k, ((x, y), s) in enumerate(zip(points, scores)):
+        if s > 0:
+            sx[k, int(round(x * 2))] = s
+            sy[k, int(round(y * 2))] = s
+        else:
+            sx[k], sy[k] = s, s
+    return sx, sy
+
+
+def build_pose_onehot(path: Path, points, scores, dynamic_batch: bool = True) -> Path:
+    """DWPose-signature model whose output is ``simcc_onehot(points, scores)`` for every crop."""
+    batch = "N" if dynamic_batch else 1
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 384, 288])
+    outs = [helper.make_tensor_value_info("simcc_x", TensorProto.FLOAT, [batch, NUM_KP, 576]),
+            helper.make_tensor_value_info("simcc_y", TensorProto.FLOAT, [batch, NUM_KP, 768])]
+    sx, sy = simcc_onehot(points, scores)
+    inits = [numpy_helper.from_array(sx[None], "sx"), numpy_helper.from_array(sy[None], "sy"),
+             numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
+             numpy_helper.from_array(np.array([1], np.int64), "one")]
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["m"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Squeeze", ["m", "one"], ["m3"]),
+        helper.make_node("Mul", ["m3", "zero"], ["z"]),
+        helper.make_node("Add", ["sx", "z"], ["simcc_x"]),
+        helper.make_node("Add", ["sy", "z"], ["simcc_y"]),
+    ]
+    return _save(nodes, [inp], outs, inits, path)
+
+
+def build_pose_spot(path: Path, channel: int = 0, dynamic_batch: bool = True) -> Path:
+    """DWPose-signature model: simcc_x[n, k, 2c] = simcc_x[n, k, 2c+1] = sigmoid(mean over rows of
+    input channel ``channel`` at column c), likewise simcc_y over columns, for every k. The
+    brightest column/row of that (normalised) channel in the crop wins the argmax."""
+    batch = "N" if dynamic_batch else 1
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 384, 288])
+    outs = [helper.make_tensor_value_info("simcc_x", TensorProto.FLOAT, [batch, NUM_KP, 576]),
+            helper.make_tensor_value_info("simcc_y", TensorProto.FLOAT, [batch, NUM_KP, 768])]
+    inits = [numpy_helper.from_array(np.array([channel], np.int64), "c0"),
+             numpy_helper.from_array(np.array([channel + 1], np.int64), "c1"),
+             numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+             numpy_helper.from_array(np.array([0, 1, 576], np.int64), "shape_x"),
+             numpy_helper.from_array(np.array([0, 1, 768], np.int64), "shape_y"),
+             numpy_helper.from_array(np.array([1, NUM_KP, 1], np.int64), "tile")]
+    nodes = [helper.make_node("Slice", ["input", "c0", "c1", "ax1"], ["ch"])]  # [N,1,384,288]
+    for axis_name, reduce_axis, shape in (("x", 2, "shape_x"), ("y", 3, "shape_y")):
+        nodes += [
+            helper.make_node("ReduceMean", ["ch"], [f"p{axis_name}"], axes=[reduce_axis], keepdims=0),  # [N,1,L]
+            helper.make_node("Sigmoid", [f"p{axis_name}"], [f"s{axis_name}"]),
+            # interleave each value twice (split ratio 2): stack on a new last axis, flatten
+            helper.make_node("Unsqueeze", [f"s{axis_name}", "last"], [f"e{axis_name}"]),
+            helper.make_node("Concat", [f"e{axis_name}", f"e{axis_name}"], [f"d{axis_name}"], axis=-1),
+            helper.make_node("Reshape", [f"d{axis_name}", shape], [f"r{axis_name}"]),
+            helper.make_node("Tile", [f"r{axis_name}", "tile"], [f"simcc_{axis_name}"]),
+        ]
+    inits.append(numpy_helper.from_array(np.array([-1], np.int64), "last"))
+    return _save(nodes, [inp], outs, inits, path)
+
+
+def write_corrupt(path: Path, data: bytes = b"this is not an onnx model\x00\x01") -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
