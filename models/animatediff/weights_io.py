@@ -1,0 +1,80 @@
+"""Reading weight files safely (safetensors, or torch.load with weights_only) and the error type."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+class AnimateDiffWeightsError(ValueError):
+    """A weight file that is missing, unreadable or not in a layout we know (message says which)."""
+
+
+def read_state_dict(path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of a ``.safetensors`` / ``.ckpt`` / ``.pt`` / ``.pth`` / ``.bin`` file.
+
+    Pickled files load with ``weights_only=True``; a top-level ``state_dict`` / ``module``
+    wrapper (old LDM / motion-module ``.ckpt`` releases) is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AnimateDiffWeightsError(f"weight file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".safetensors", ".sft"):
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path), device=device)
+        else:
+            try:
+                sd = torch.load(str(path), map_location=device, weights_only=True, mmap=True)
+            except RuntimeError as exc:  # legacy (pre-zip) pickles cannot be memory-mapped
+                if "mmap" not in str(exc):
+                    raise
+                sd = torch.load(str(path), map_location=device, weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with code, wrong format
+        hint = "" if suffix in (".safetensors", ".sft") else (
+            " (pickled files load with weights_only=True; a file that pickles code objects needs "
+            "converting to .safetensors first)")
+        raise AnimateDiffWeightsError(f"cannot read weights from {path}: {exc}{hint}") from exc
+    for wrapper in ("state_dict", "module"):
+        if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict):
+            sd = sd[wrapper]
+    if not isinstance(sd, dict):
+        raise AnimateDiffWeightsError(f"{path} does not hold a state dict")
+    return {k: v for k, v in sd.items() if torch.is_tensor(v)}
+
+
+def load_into(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+    """``load_state_dict(strict, assign)`` with missing/unexpected keys and shapes named in the error."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:5]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:5]})")
+        if wrong:
+            parts.append(f"{len(wrong)} with wrong shapes (e.g. {wrong[:3]})")
+        raise AnimateDiffWeightsError(f"{what}: keys do not match the expected layout: " + "; ".join(parts))
+    module.load_state_dict(sd, strict=True, assign=True)
+
+
+def materialize_meta_buffers(module: torch.nn.Module, device="cpu") -> None:
+    """Recreate non-persistent buffers left on ``meta`` after an ``assign`` load.
+
+    Only ``position_ids``-style index buffers exist in the SD1.5 models; anything else left
+    on meta is a bug and raises.
+    """
+    for mod_name, mod in module.named_modules():
+        for name, buf in list(mod._buffers.items()):
+            if buf is None or not buf.is_meta:
+                continue
+            if name == "position_ids":
+                mod._buffers[name] = torch.arange(buf.shape[-1], device=device).expand(buf.shape).clone()
+            else:
+                raise AnimateDiffWeightsError(f"buffer {mod_name}.{name} was not loaded")
