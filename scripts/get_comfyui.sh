@@ -58,6 +58,10 @@ constraints="$dest/.venv/torch-constraint.txt"
 "$VPY" -m pip install -q -c "$constraints" comfy-cli
 # The pack's own runtime requirements (ComfyUI-Manager would install these on a user's machine).
 "$VPY" -m pip install -q -c "$constraints" -r "$here/requirements.txt" -r "$here/requirements-demo.txt"
+# The only torchaudio for this torch is a CUDA build whose extension fails to load; transformers'
+# audio utilities then break diffusers imports inside ComfyUI. ComfyUI treats torchaudio as
+# optional (only its audio nodes need it), so remove it.
+"$VPY" -m pip uninstall -q -y torchaudio >/dev/null 2>&1 || true
 
 site=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 cat > "$site/torchvision_cpu_schema.py" <<'PY'

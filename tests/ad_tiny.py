@@ -285,3 +285,17 @@ def write_tiny_controlnet(path, seed: int = 4, diffusers_layout: bool = False) -
     else:
         save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     return path
+
+
+# File names the example workflow (workflows/api/animatediff_v2v.json) picks.
+CHECKPOINT_FILE = "sd15_anime.safetensors"
+MOTION_MODULE_FILE = "mm_sd_v15_v2.safetensors"
+CONTROLNET_FILE = "control_v11p_sd15_openpose.safetensors"
+
+
+def write_tiny_models(models_dir) -> None:
+    """Fill a ComfyUI-style models dir with what the AnimateDiff workflow loads (real layouts, tiny sizes)."""
+    models_dir = Path(models_dir)
+    write_tiny_sd15(models_dir / "checkpoints" / CHECKPOINT_FILE)
+    write_tiny_motion_module(models_dir / "animatediff_models" / MOTION_MODULE_FILE, version="v2")
+    write_tiny_controlnet(models_dir / "controlnet" / CONTROLNET_FILE)
