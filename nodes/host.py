@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 PACK_DIR = Path(__file__).resolve().parent.parent
 
 # Folders the pack adds to ComfyUI (kind -> extensions). Existing ComfyUI kinds
@@ -235,3 +237,58 @@ def resolve_input_file(name: str) -> Path:
     if not candidate.is_file():
         raise ModelFileError(f"{name!r} not found in the input folder {root}; upload it there first.")
     return candidate
+
+
+# ------------------------------------------------------------------ ComfyUI memory manager
+class ComfyMemoryManager:
+    """Route a ``Placement``'s moves through ComfyUI's model management when hosted.
+
+    Loading a model asks ComfyUI to make room first (it evicts
+    other models as needed) and registers ours in its list of loaded models, so
+    other nodes can reclaim that VRAM later; offloading unloads it the same way.
+    Without ComfyUI every call answers False and the Placement moves the module itself.
+    """
+
+    def move(self, placement, target) -> bool:
+        """Move ``placement.module`` (a models.wan.offload.Placement) to ``target`` through ComfyUI."""
+        try:
+            import comfy.model_management as mm  # type: ignore
+            import comfy.model_patcher as mp  # type: ignore
+        except ImportError:
+            return False
+        patcher = getattr(placement, "_comfy_patcher", None)
+        if patcher is None:
+            patcher = mp.ModelPatcher(_ComfyBox(placement.module), load_device=placement.device,
+                                      offload_device=placement.offload_device)
+            placement._comfy_patcher = patcher
+        if target.type == placement.device.type and target.type != "cpu":
+            mm.load_models_gpu([patcher], force_full_load=True)
+            return True
+        for loaded in list(mm.current_loaded_models):
+            if loaded.model is patcher:
+                loaded.model_unload()
+                mm.current_loaded_models.remove(loaded)
+                break
+        else:
+            patcher.detach()
+        placement.module.to(target)
+        return True
+
+
+def comfy_memory_manager() -> ComfyMemoryManager | None:
+    """A manager when ComfyUI's model management is importable, else None (plain moves)."""
+    try:
+        import comfy.model_management  # type: ignore  # noqa: F401
+        import comfy.model_patcher  # type: ignore  # noqa: F401
+    except ImportError:
+        return None
+    return ComfyMemoryManager()
+
+
+class _ComfyBox(torch.nn.Module):
+    """Container with a settable ``device`` (ComfyUI's patcher assigns it; diffusers models forbid that)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.inner = module
+        self.device = None

@@ -19,6 +19,7 @@ from ..models.wan import loading, offload, text, vae_tiling
 from ..models.wan import precision as wan_precision
 from ..models.wan.offload import Placement
 from . import host
+from .host import comfy_memory_manager
 
 CATEGORY = "PoseAnimate/wan"
 VAE_TYPE = "POSEANIMATE_WAN_VAE"
@@ -32,61 +33,6 @@ def _choices(kind: str, example: str) -> list[str]:
     names = host.list_models(kind)
     names += [n for n in host.list_models(kind, {".json"}) if n.endswith(".index.json")]
     return sorted(set(names)) or [example]
-
-
-# ------------------------------------------------------------------------ ComfyUI memory manager
-class ComfyMemoryManager:
-    """Route a ``Placement``'s moves through ComfyUI's model management when hosted.
-
-    What nodes/host.py would grow (kept here, importing comfy lazily, so host.py
-    stays untouched): loading a model asks ComfyUI to make room first (it evicts
-    other models as needed) and registers ours in its list of loaded models, so
-    other nodes can reclaim that VRAM later; offloading unloads it the same way.
-    Without ComfyUI every call answers False and the Placement moves the module itself.
-    """
-
-    def move(self, placement: Placement, target) -> bool:
-        try:
-            import comfy.model_management as mm  # type: ignore
-            import comfy.model_patcher as mp  # type: ignore
-        except ImportError:
-            return False
-        patcher = getattr(placement, "_comfy_patcher", None)
-        if patcher is None:
-            patcher = mp.ModelPatcher(_ComfyBox(placement.module), load_device=placement.device,
-                                      offload_device=placement.offload_device)
-            placement._comfy_patcher = patcher
-        if target.type == placement.device.type and target.type != "cpu":
-            mm.load_models_gpu([patcher], force_full_load=True)
-            return True
-        for loaded in list(mm.current_loaded_models):
-            if loaded.model is patcher:
-                loaded.model_unload()
-                mm.current_loaded_models.remove(loaded)
-                break
-        else:
-            patcher.detach()
-        placement.module.to(target)
-        return True
-
-
-def comfy_memory_manager() -> ComfyMemoryManager | None:
-    """A manager when ComfyUI's model management is importable, else None (plain moves)."""
-    try:
-        import comfy.model_management  # type: ignore  # noqa: F401
-        import comfy.model_patcher  # type: ignore  # noqa: F401
-    except ImportError:
-        return None
-    return ComfyMemoryManager()
-
-
-class _ComfyBox(torch.nn.Module):
-    """Container with a settable ``device`` (ComfyUI's patcher assigns it; diffusers models forbid that)."""
-
-    def __init__(self, module: torch.nn.Module):
-        super().__init__()
-        self.inner = module
-        self.device = None
 
 
 def release_all(*handles) -> None:

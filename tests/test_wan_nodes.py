@@ -170,7 +170,7 @@ def test_release_on_error_frees_memory(monkeypatch):
 
 
 def test_comfy_memory_manager_routes_moves(monkeypatch):
-    assert wan_nodes.comfy_memory_manager() is None  # no ComfyUI here
+    assert host.comfy_memory_manager() is None  # no ComfyUI here
     calls = []
 
     class Patcher:
@@ -199,8 +199,8 @@ def test_comfy_memory_manager_routes_moves(monkeypatch):
     monkeypatch.setitem(sys.modules, "comfy", comfy)
     monkeypatch.setitem(sys.modules, "comfy.model_management", mm)
     monkeypatch.setitem(sys.modules, "comfy.model_patcher", mp)
-    manager = wan_nodes.comfy_memory_manager()
-    assert isinstance(manager, wan_nodes.ComfyMemoryManager)
+    manager = host.comfy_memory_manager()
+    assert isinstance(manager, host.ComfyMemoryManager)
 
     moved = []
 
