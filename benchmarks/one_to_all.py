@@ -1,0 +1,293 @@
+"""One-to-All Animation figures (prints one ``name: value`` line per figure).
+
+CPU, tiny random models (the pack's ``OneToAllTransformer`` and diffusers' Wan VAE, small widths):
+- ``one_to_all_overhead``: wall time of the pack's full sample (reference / mask / empty-reference
+  encoding, per-chunk noise, token-replace re-encoding, guidance, scheduler, decoding; pose stage
+  excluded) over the sum of the wall times of its transformer forwards in the same run.
+  Target <= 1.10 (everything around the model is small).
+- ``one_to_all_mem_321_vs_81``: peak resident memory growth while sampling (above the process's
+  size just before the call, RSS sampled every 2 ms in a thread), 321 frames (5 chunks) over
+  81 frames (2 chunks), each in its own subprocess. Target <= 1.3 (chunking keeps memory flat).
+GPU (only when CUDA is available): the 14B model with random weights, 480p (480x832), 81 frames,
+one denoising step with three-way guidance (3 forwards):
+- ``one_to_all_14b_step_s``: seconds per step;
+- ``one_to_all_14b_tflops``: achieved TFLOP/s (FLOPs of one forward counted by
+  ``torch.utils.flop_counter``, times 3, over the step time);
+- ``one_to_all_14b_matmul_fraction``: that rate over the GPU's measured bf16 matmul rate
+  (8192^3 GEMMs). Target >= 0.5.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pack_loader import load_pack  # noqa: E402
+
+load_pack()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from poseanimate.models.one_to_all.pipeline import sample_one_to_all  # noqa: E402
+from poseanimate.models.one_to_all.transformer import OneToAllTransformer  # noqa: E402
+from poseanimate.models.wan.text import WanPromptEmbeds  # noqa: E402
+from poseanimate.models.wan.vae_tiling import WanVAE  # noqa: E402
+
+# Tiny CPU model: 2 heads x 128 (the released head size), 4 main blocks.
+TINY = dict(num_attention_heads=2, attention_head_dim=128, text_dim=64, freq_dim=64, ffn_dim=512, num_layers=4,
+            controlnet_layers=1, refextractor_layers=1)
+# The released 14B configuration (manifest_14b.json): 40 x 128, 40 blocks, 1 controlnet block, 7 refextractor blocks.
+MODEL_14B = dict(num_attention_heads=40, attention_head_dim=128, text_dim=4096, freq_dim=256, ffn_dim=13824,
+                 num_layers=40, controlnet_layers=1, refextractor_layers=7)
+
+
+def emit(name: str, value) -> None:
+    print(f"{name}: {value}", flush=True)
+
+
+def _randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Seeded random weights (zero-initialised layers would hide the reference and pose paths)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(module.named_parameters()):
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / (p[0].numel() ** 0.5))
+            else:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g) + (1.0 if torch.all(p == 1) else 0.0))
+    return module.eval().requires_grad_(False)
+
+
+def tiny_setup():
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    model = _randomize(OneToAllTransformer(**TINY))
+    vae = WanVAE(AutoencoderKLWan(base_dim=8, z_dim=16).eval(), "cpu", torch.float32, offload_after_use=False)
+    g = torch.Generator().manual_seed(1)
+    embeds = WanPromptEmbeds(torch.randn(1, 512, TINY["text_dim"], generator=g),
+                             torch.randn(1, 512, TINY["text_dim"], generator=g), "", "", 8, 12)
+    return model, vae, embeds
+
+
+def inputs(frames: int, size: int):
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    poses = np.zeros((frames, size, size, 3), np.uint8)
+    for t in range(frames):  # a moving bar: a cheap stand-in for rendered poses
+        x = (4 * t) % (size - 8)
+        poses[t, size // 4: 3 * size // 4, x:x + 8] = (255, 128, 0)
+    ref_pose = poses[0].copy()
+    return ref, poses, ref_pose
+
+
+class TimedModel(torch.nn.Module):
+    """Wraps the transformer; sums the wall time of its forwards."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.seconds = 0.0
+        self.calls = 0
+
+    def forward(self, **kwargs):
+        t0 = time.perf_counter()
+        out = self.model(**kwargs)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        return out
+
+
+def overhead(frames: int = 81, size: int = 16, steps: int = 30) -> None:
+    model, vae, embeds = tiny_setup()
+    ref, poses, ref_pose = inputs(frames, size)
+    timed = TimedModel(model)
+    run = dict(resolution=(size, size), steps=steps, image_guidance_scale=2.0, pose_guidance_scale=1.5, seed=0)
+    sample_one_to_all(timed, vae, embeds, ref, poses[:5], ref_pose, **dict(run, steps=2))  # warm-up
+    timed.seconds, timed.calls = 0.0, 0
+    t0 = time.perf_counter()
+    sample_one_to_all(timed, vae, embeds, ref, poses, ref_pose, **run)
+    total = time.perf_counter() - t0
+    print(f"# {frames} frames at {size}x{size}, {steps} steps, 3-way guidance: sample {total:.2f}s, "
+          f"{timed.calls} transformer forwards {timed.seconds:.2f}s", flush=True)
+    emit("one_to_all_overhead", round(total / timed.seconds, 4))
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def mem_child(frames: int, size: int, steps: int) -> None:
+    """In a fresh process: peak RSS growth (bytes) while sampling ``frames`` frames."""
+    model, vae, embeds = tiny_setup()
+    ref, poses, ref_pose = inputs(frames, size)
+    run = dict(resolution=(size, size), steps=steps, image_guidance_scale=2.0, pose_guidance_scale=1.5, seed=0)
+    sample_one_to_all(model, vae, embeds, ref, poses[:5], ref_pose, **dict(run, steps=2))  # first-call allocations
+    base = _rss()
+    peak = [base]
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.002)
+
+    th = threading.Thread(target=watch, daemon=True)
+    th.start()
+    sample_one_to_all(model, vae, embeds, ref, poses, ref_pose, **run)
+    stop.set()
+    th.join()
+    peak[0] = max(peak[0], _rss())
+    print(json.dumps({"frames": frames, "growth": peak[0] - base, "base": base}))
+
+
+def memory(size: int = 16, steps: int = 2) -> None:
+    growth = {}
+    for n in (81, 321):
+        out = subprocess.run([sys.executable, __file__, "--mem-child", str(n), "--size", str(size), "--steps", str(steps)],
+                             capture_output=True, text=True, check=True)
+        growth[n] = json.loads(out.stdout.strip().splitlines()[-1])["growth"]
+    print(f"# peak RSS growth while sampling: 81 frames {growth[81] / 2**20:.1f} MiB, "
+          f"321 frames {growth[321] / 2**20:.1f} MiB", flush=True)
+    emit("one_to_all_mem_321_vs_81", round(growth[321] / max(growth[81], 1), 4))
+
+
+# --------------------------------------------------------------------------------------- GPU
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _matmul_rate(device, n: int = 8192, repeats: int = 20) -> float:
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
+
+
+def attention_flops(config: dict, latent_frames: int, height: int, width: int, text_len: int = 512) -> float:
+    """FLOPs of the attention products (QK^T and AV, 2 x 2 x S_q x S_kv x dim) of one forward."""
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
+    r = (height // 16) * (width // 16)          # reference tokens (one frame)
+    s = (latent_frames + 1) * r                 # video tokens, prefix frame included
+    main = config["num_layers"] * (s * s + s * r + s * text_len)
+    control = config["controlnet_layers"] * s * s
+    ref = config["refextractor_layers"] * r * r
+    return 4.0 * dim * (main + control + ref)
+
+
+def build_random_14b(device, config: dict = MODEL_14B) -> OneToAllTransformer:
+    """The 14B configuration built on the meta device, materialised in bf16 with random weights."""
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+    with torch.device("meta"):
+        model = OneToAllTransformer(**config)
+    model = model.to(torch.bfloat16).to_empty(device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, p[0].numel() ** -0.5, generator=g)
+            elif "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.01, generator=g)
+    # RoPE tables are computed in __init__ (empty on meta): rebuild them for real, in float32.
+    for name, module in list(model.named_modules()):
+        if isinstance(module, WanRotaryPosEmbed):
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            fresh = WanRotaryPosEmbed(module.attention_head_dim, module.patch_size, module.max_seq_len).to(device)
+            setattr(parent, name.rpartition(".")[2], fresh)
+    return model.eval().requires_grad_(False)
+
+
+def gpu_figures(height: int = 480, width: int = 832, frames: int = 81, device="cuda", config: dict = MODEL_14B,
+                matmul_size: int = 8192) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from poseanimate.models.one_to_all.guidance import Conditions, guidance_plan, guided_velocity
+
+    device = torch.device(device)
+    model = build_random_14b(device, config)
+    text_dim = config["text_dim"]
+    lat = (frames - 1) // 4 + 1
+    bf = dict(device=device, dtype=torch.bfloat16)
+    cond = Conditions(
+        reference=torch.randn(1, 32, 1, height // 8, width // 8, **bf),
+        empty_reference=torch.randn(1, 32, 1, height // 8, width // 8, **bf),
+        pose_video=torch.rand(1, 3, frames, height, width, **bf) * 2 - 1,
+        reference_pose=torch.rand(1, 3, 1, height, width, **bf) * 2 - 1,
+        positive=torch.randn(1, 512, text_dim, **bf), negative=torch.randn(1, 512, text_dim, **bf))
+    x = torch.randn(1, 16, lat, height // 8, width // 8, **bf)
+    t = torch.tensor([900.0], device=device)
+    plan = guidance_plan(2.0, 1.5)
+    with torch.no_grad():
+        kw = cond.inputs_for(plan.calls[0])
+        with FlopCounterMode(display=False) as counter:
+            model(hidden_states=x, timestep=t, **kw, token_replace=True, return_dict=False)
+        flops = counter.get_total_flops()
+        counted = {str(k) for k in counter.get_flop_counts().get("Global", {})}
+        if not any("scaled_dot_product" in k for k in counted):  # a kernel the counter has no formula for
+            flops += attention_flops(config, lat, height, width)
+            print("# attention FLOPs added analytically (the flop counter did not see the SDPA kernel)", flush=True)
+        guided_velocity(model, plan, cond, x, t, True)  # warm-up
+        _sync(device)
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            guided_velocity(model, plan, cond, x, t, True)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+    step = min(times)
+    rate = 3 * flops / step
+    peak = _matmul_rate(device, matmul_size)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    print(f"# {name}: forward {flops / 1e12:.1f} TFLOP, step {step:.2f}s, "
+          f"bf16 matmul {peak / 1e12:.0f} TFLOP/s", flush=True)
+    emit("one_to_all_14b_step_s", round(step, 3))
+    emit("one_to_all_14b_tflops", round(rate / 1e12, 1))
+    emit("one_to_all_14b_matmul_fraction", round(rate / peak, 3))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mem-child", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=16, help="frame size of the memory runs (pixels)")
+    ap.add_argument("--steps", type=int, default=2, help="steps of the memory runs")
+    ap.add_argument("--overhead-size", type=int, default=16)
+    ap.add_argument("--overhead-steps", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--skip-cpu", action="store_true")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.mem_child:
+        mem_child(args.mem_child, args.size, args.steps)
+        return
+    if not args.skip_cpu:
+        overhead(size=args.overhead_size, steps=args.overhead_steps)
+        memory(size=args.size, steps=args.steps)
+    if torch.cuda.is_available():
+        gpu_figures()
+    else:
+        print("# GPU figures skipped: CUDA is not available (one_to_all_14b_step_s, one_to_all_14b_tflops, "
+              "one_to_all_14b_matmul_fraction need a GPU with ~40 GB for the 14B random weights)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

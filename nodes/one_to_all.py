@@ -1,0 +1,180 @@
+"""ComfyUI nodes of One-to-All Animation: model loader, reference preparation, sampler.
+
+Types:
+
+* ``POSEANIMATE_ONE_TO_ALL``: ``models.one_to_all.pipeline.OneToAllModel`` (the transformer with
+  its compute dtype and device), loaded from ComfyUI's ``diffusion_models`` folder;
+* ``POSEANIMATE_ONE_TO_ALL_REFERENCE``: a dict with the reference image (uint8), the reference
+  pose drawing (uint8, the reference's own pose without face, warped in 'pose' alignment mode)
+  and the outpaint mask (1 = area the warped reference does not cover; none in 'ref' mode).
+
+The sampler takes the Wan VAE and prompt embeddings of nodes/wan.py and the pose images of
+nodes/pose.py (rendered in the ``one_to_all`` style), and returns IMAGE frames and a LATENT.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..models.one_to_all import pipeline
+from ..models.wan import precision as wan_precision
+from ..pose import frames, keypoints, render
+from . import host
+from .wan import EMBEDS_TYPE, VAE_TYPE, released_after_run
+
+CATEGORY = "PoseAnimate/one_to_all"
+MODEL_TYPE = "POSEANIMATE_ONE_TO_ALL"
+REFERENCE_TYPE = "POSEANIMATE_ONE_TO_ALL_REFERENCE"
+DEFAULT_MODEL = "one_to_all_14b.safetensors"
+_SHARD = re.compile(r"-\d+-of-\d+\.(safetensors|sft)$", re.IGNORECASE)
+
+
+def _model_choices() -> list[str]:
+    """Weight files and shard index files in diffusion_models (a shard stands for its whole folder)."""
+    names = host.list_models("diffusion_models")
+    names += [n for n in host.list_models("diffusion_models", {".json"}) if n.endswith(".index.json")]
+    return sorted(set(names)) or [DEFAULT_MODEL]
+
+
+class OneToAllLoader:
+    """One-to-All Animation transformer (14B or 1.3B) from ComfyUI's diffusion_models folder."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model_name": (_model_choices(), {"tooltip": "One-to-All checkpoint in models/diffusion_models: a single "
+                                                             "safetensors file, a shard index JSON, or one shard of the "
+                                                             "released folder (the whole folder is loaded)"}),
+                "precision": (list(wan_precision.COMPUTE_PRECISIONS), {"default": "bf16"}),
+                "weight_storage": (list(wan_precision.WEIGHT_STORAGE), {"default": "default",
+                                                                         "tooltip": "fp8 stores the block weights in 8 bits (about half the VRAM)"}),
+                "block_swap": ("INT", {"default": 0, "min": 0, "max": 40,
+                                       "tooltip": "Main transformer blocks kept in CPU memory and streamed to the GPU (less VRAM, slower)"}),
+            }
+        }
+
+    RETURN_TYPES = (MODEL_TYPE,)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, model_name, precision="bf16", weight_storage="default", block_swap=0):
+        from ..models.one_to_all.loading import load_one_to_all
+
+        dtype = wan_precision.dtype_from_name(precision)
+        weight_dtype = wan_precision.weight_dtype_from_name(weight_storage)
+        path = host.resolve_model("diffusion_models", model_name)
+        if _SHARD.search(path.name):
+            path = path.parent  # one shard picked: the official release folder holds the rest
+        device = host.torch_device()
+        model = load_one_to_all(path, dtype=dtype, device=device, weight_dtype=weight_dtype, block_swap=int(block_swap))
+        return (pipeline.OneToAllModel(model.eval(), dtype, device, model_name),)
+
+
+class OneToAllPrepareReference:
+    """Reference image + its pose drawing (+ the outpaint mask of 'pose' alignment) for the sampler."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "reference_image": ("IMAGE", {"tooltip": "The character (the aligned/warped reference from Align Poses)"}),
+            },
+            "optional": {
+                "reference_pose": ("POSE_KEYPOINT", {"tooltip": "The reference's pose (from Align Poses); drawn in the "
+                                                                "one_to_all style without face"}),
+                "reference_pose_image": ("IMAGE", {"tooltip": "An already drawn reference pose (used instead of reference_pose)"}),
+                "outpaint_mask": ("MASK", {"tooltip": "1 = area to outpaint (Align Poses, one_to_all_pose mode)"}),
+            },
+        }
+
+    RETURN_TYPES = (REFERENCE_TYPE, "IMAGE")
+    RETURN_NAMES = ("reference", "reference_pose_image")
+    FUNCTION = "prepare"
+    CATEGORY = CATEGORY
+
+    def prepare(self, reference_image, reference_pose=None, reference_pose_image=None, outpaint_mask=None):
+        image = frames.to_uint8_rgb(reference_image, "reference_image")[0]
+        h, w = image.shape[:2]
+        if reference_pose_image is not None:
+            pose = frames.to_uint8_rgb(reference_pose_image, "reference_pose_image")[0]
+        elif reference_pose is not None:
+            parsed = keypoints.frames_from_pose_keypoint(reference_pose)
+            if not parsed:
+                raise ValueError("reference_pose is empty: connect the reference_pose output of Align Poses.")
+            pose = render.render_poses(parsed[:1], "one_to_all", w, h, without_face=True, face_change=False,
+                                       head_change=False)[0]
+        else:
+            raise ValueError("Connect reference_pose (from Align Poses) or reference_pose_image: One-to-All needs "
+                             "the reference's own pose drawing.")
+        if abs(pose.shape[1] * h - pose.shape[0] * w) > 0.02 * h * pose.shape[1]:
+            raise ValueError(f"reference pose drawing is {pose.shape[1]}x{pose.shape[0]} but the reference image is "
+                             f"{w}x{h}: draw the pose on the reference's canvas (Render Poses with width/height 0).")
+        mask = None
+        if outpaint_mask is not None:
+            m = outpaint_mask.detach().cpu().float().numpy() if hasattr(outpaint_mask, "detach") else np.asarray(outpaint_mask, np.float32)
+            m = m[0] if m.ndim == 3 else m
+            if m.shape != (h, w):
+                raise ValueError(f"outpaint_mask is {m.shape[1]}x{m.shape[0]} but the reference image is {w}x{h}: "
+                                 f"use the mask and reference_image outputs of the same Align Poses node.")
+            mask = m if m.any() else None
+        ref = {"image": image, "pose": pose, "mask": mask}
+        return (ref, frames.to_image_tensor(pose[None]))
+
+
+class OneToAllSampler:
+    """Animate the reference with the pose video: chunks of 81 frames joined by token replace."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL_TYPE,),
+                "vae": (VAE_TYPE,),
+                "embeds": (EMBEDS_TYPE, {"tooltip": "Prompt and negative prompt (Wan Text Encode)"}),
+                "reference": (REFERENCE_TYPE,),
+                "pose_images": ("IMAGE", {"tooltip": "Driving poses drawn in the one_to_all style (Render Poses)"}),
+                "resolution": (list(pipeline.RESOLUTIONS), {"default": "480p", "tooltip": "480p/580p/720p: short side of the output on the reference's aspect "
+                                                                                             "(hosted endpoint); reference: the official scripts' rule (the reference's "
+                                                                                             "size, short side at most 576)"}),
+                "steps": ("INT", {"default": 30, "min": pipeline.MIN_STEPS, "max": pipeline.MAX_STEPS}),
+                "image_guidance_scale": ("FLOAT", {"default": 2.0, "min": 1.0, "max": 10.0, "step": 0.1,
+                                                   "tooltip": "Reference guidance (1 = off: one call per step)"}),
+                "pose_guidance_scale": ("FLOAT", {"default": 1.5, "min": 1.0, "max": 10.0, "step": 0.1,
+                                                  "tooltip": "Pose guidance (1 = off: two calls per step)"}),
+                "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+            }
+        }
+
+    RETURN_TYPES = ("IMAGE", "LATENT")
+    RETURN_NAMES = ("frames", "latent")
+    FUNCTION = "sample"
+    CATEGORY = CATEGORY
+
+    def sample(self, model, vae, embeds, reference, pose_images, resolution="480p", steps=30,
+               image_guidance_scale=2.0, pose_guidance_scale=1.5, seed=42):
+        poses = frames.to_uint8_rgb(pose_images, "pose_images")
+        callback = host.step_callback(pipeline.total_steps(len(poses), steps))
+        host.check_interrupt()
+        with released_after_run(model, vae):
+            result = pipeline.sample_one_to_all(
+                model, vae, embeds, reference["image"], poses, reference["pose"], reference.get("mask"),
+                resolution=resolution, steps=int(steps), image_guidance_scale=float(image_guidance_scale),
+                pose_guidance_scale=float(pose_guidance_scale), seed=int(seed), callback=callback,
+                device=model.device if isinstance(model, pipeline.OneToAllModel) else host.torch_device())
+        return (result.frames_float(), result.latent())
+
+
+NODE_CLASS_MAPPINGS = {
+    "PoseAnimateOneToAllLoader": OneToAllLoader,
+    "PoseAnimateOneToAllPrepareReference": OneToAllPrepareReference,
+    "PoseAnimateOneToAllSampler": OneToAllSampler,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "PoseAnimateOneToAllLoader": "Load One-to-All Animation Model (PoseAnimate)",
+    "PoseAnimateOneToAllPrepareReference": "One-to-All Prepare Reference (PoseAnimate)",
+    "PoseAnimateOneToAllSampler": "One-to-All Animation Sampler (PoseAnimate)",
+}
+
