@@ -2,7 +2,7 @@
 One-to-All workflow (reusable by loader, pipeline, node and real-ComfyUI tests).
 
 Exact file names written by ``write_tiny_models(models_dir)`` (the One-to-All workflows name these):
-- ``diffusion_models/one_to_all_tiny.safetensors``: the tiny One-to-All transformer, one file with
+- ``diffusion_models/one_to_all_14b_bf16.safetensors``: the tiny One-to-All transformer, one file with
   the official key names (1 head x 128, 2 main blocks, 1 controlnet block, 1 refextractor block,
   text_dim 32 = the tiny UMT5's width, 16 latent channels);
 - ``vae/wan_2.1_vae.safetensors``: a tiny Wan2.1 VAE (z_dim 16) in ComfyUI's / the official naming;
@@ -26,7 +26,7 @@ import torch
 
 import wan_tiny
 
-TRANSFORMER_FILE = "one_to_all_tiny.safetensors"
+TRANSFORMER_FILE = "one_to_all_14b_bf16.safetensors"
 VAE_FILE = "wan_2.1_vae.safetensors"
 TEXT_ENCODER_FILE = "umt5_xxl_fp16.safetensors"
 
