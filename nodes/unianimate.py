@@ -1,0 +1,202 @@
+"""ComfyUI nodes of UniAnimate-DiT: model loader, CLIP vision encode, sampler.
+
+Types:
+
+* ``POSEANIMATE_UNIANIMATE``: ``models.unianimate.pipeline.UniAnimateModel`` (Wan2.1-I2V DiT with
+  the UniAnimate LoRA merged or unmerged, extra LoRAs, the two pose modules, compute dtype,
+  device and block swap). Base model from ComfyUI's ``diffusion_models`` folder, the UniAnimate
+  file (``UniAnimate-Wan2.1-14B-Lora-12000.ckpt`` or its fp16 safetensors) and extra LoRAs from
+  ``loras``.
+* ``POSEANIMATE_WAN_CLIP_EMBEDS``: ``models.unianimate.pipeline.ClipEmbeds`` (CLIP tokens of the
+  reference, computed at the generation size exactly as the official pipeline does).
+
+The sampler takes the Wan VAE / CLIP vision / prompt embeddings of nodes/wan.py and pose images
+rendered in the ``unianimate`` style (nodes/pose.py), and returns IMAGE frames and a LATENT.
+"""
+from __future__ import annotations
+
+from ..models.unianimate import pipeline
+from ..models.unianimate import windows as win
+from ..models.wan import precision as wan_precision
+from ..pose import frames
+from . import host
+from .wan import CLIP_VISION_TYPE, EMBEDS_TYPE, VAE_TYPE, released_after_run
+
+CATEGORY = "PoseAnimate/unianimate"
+MODEL_TYPE = "POSEANIMATE_UNIANIMATE"
+CLIP_EMBEDS_TYPE = "POSEANIMATE_WAN_CLIP_EMBEDS"
+DEFAULT_BASE = "wan2.1_i2v_720p_14B_bf16.safetensors"
+DEFAULT_UNIANIMATE = "UniAnimate-Wan2.1-14B-Lora-12000.ckpt"
+NONE = "None"
+EXTRA_LORAS = 2
+
+
+def _base_choices() -> list[str]:
+    names = host.list_models("diffusion_models")
+    names += [n for n in host.list_models("diffusion_models", {".json"}) if n.endswith(".index.json")]
+    return sorted(set(names)) or [DEFAULT_BASE]
+
+
+def _unianimate_choices() -> list[str]:
+    names = host.list_models("loras")
+    first = [n for n in names if "unianimate" in n.lower()]
+    return first + [n for n in names if n not in first] or [DEFAULT_UNIANIMATE]
+
+
+def _attention_choices() -> list[str]:
+    from ..models.wan.attention import available_backends
+
+    return ["auto"] + [b for b in available_backends() if b != "auto"]
+
+
+class UniAnimateLoader:
+    """Wan2.1-I2V-14B + the UniAnimate LoRA and pose modules (+ optional extra Wan LoRAs)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        loras = [NONE] + host.list_models("loras")
+        optional = {}
+        for i in range(1, EXTRA_LORAS + 1):
+            optional[f"lora_{i}"] = (loras, {"default": NONE, "tooltip": "Any Wan2.1 LoRA in models/loras, stacked on top"})
+            optional[f"lora_{i}_strength"] = ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05})
+        return {
+            "required": {
+                "base_model": (_base_choices(), {"tooltip": "Wan2.1-I2V-14B (720P, as official) in models/diffusion_models: "
+                                                            "official, diffusers or ComfyUI single file (fp8 too)"}),
+                "unianimate_file": (_unianimate_choices(), {"tooltip": "UniAnimate-Wan2.1-14B-Lora-12000.ckpt (or its fp16 "
+                                                                       "safetensors) in models/loras"}),
+                "unianimate_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                                  "tooltip": "LoRA scale (official: 1.0)"}),
+                "precision": (list(wan_precision.COMPUTE_PRECISIONS), {"default": "bf16"}),
+                "weight_storage": (list(wan_precision.WEIGHT_STORAGE), {"default": "default",
+                                                                         "tooltip": "fp8 stores the block weights in 8 bits (about half the VRAM); "
+                                                                                    "LoRAs then stay unmerged"}),
+                "lora_mode": (["merged", "unmerged"], {"default": "merged",
+                                                       "tooltip": "merged: added into the weights once (fastest); unmerged: "
+                                                                  "side branches (needed with fp8 weights)"}),
+                "block_swap": ("INT", {"default": 0, "min": 0, "max": 40,
+                                       "tooltip": "Transformer blocks kept in CPU memory and streamed to the GPU (less VRAM, slower)"}),
+                "attention": (_attention_choices(), {"default": "auto"}),
+            },
+            "optional": optional,
+        }
+
+    RETURN_TYPES = (MODEL_TYPE,)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, base_model, unianimate_file, unianimate_strength=1.0, precision="bf16", weight_storage="default",
+             lora_mode="merged", block_swap=0, attention="auto", **extra):
+        from ..models.unianimate.transformer import load_unianimate
+
+        dtype = wan_precision.dtype_from_name(precision)
+        weight_dtype = wan_precision.weight_dtype_from_name(weight_storage)
+        merge = lora_mode == "merged"
+        base = host.resolve_model("diffusion_models", base_model)
+        unianimate = host.resolve_model("loras", unianimate_file)
+        loras = []
+        for i in range(1, EXTRA_LORAS + 1):
+            name = extra.get(f"lora_{i}", NONE)
+            if name and name != NONE:
+                loras.append((host.resolve_model("loras", name), float(extra.get(f"lora_{i}_strength", 1.0))))
+        transformer, pose_encoders = load_unianimate(base, unianimate, dtype=dtype, device="cpu", weight_dtype=weight_dtype,
+                                                     lora_scale=float(unianimate_strength), merge=merge, extra_loras=loras)
+        info = {"base": base_model, "unianimate": unianimate_file, "merged": merge, "loras": [str(p.name) for p, _ in loras]}
+        return (pipeline.UniAnimateModel(transformer, pose_encoders, dtype, host.torch_device(), host.offload_device(),
+                                         int(block_swap), attention, info),)
+
+
+class WanCLIPVisionEncode:
+    """CLIP tokens of the reference (official Wan I2V preprocessing: stretch to the generation
+    size, bicubic 224, penultimate block)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "clip_vision": (CLIP_VISION_TYPE,),
+                "image": ("IMAGE",),
+                "resolution": (list(pipeline.RESOLUTIONS), {"default": "480p", "tooltip": "Same as the sampler's"}),
+            }
+        }
+
+    RETURN_TYPES = (CLIP_EMBEDS_TYPE,)
+    RETURN_NAMES = ("clip_embeds",)
+    FUNCTION = "encode"
+    CATEGORY = CATEGORY
+
+    def encode(self, clip_vision, image, resolution="480p"):
+        host.check_interrupt()
+        ref = frames.to_uint8_rgb(image, "image")[0]
+        width, height = pipeline.output_size(ref.shape[1], ref.shape[0], resolution)
+        with released_after_run(clip_vision):
+            embeds = pipeline.encode_clip(clip_vision, pipeline.reference_tensor(ref, width, height))
+        return (pipeline.ClipEmbeds(embeds, width, height),)
+
+
+class UniAnimateSampler:
+    """Animate the reference with the pose video (any length: official sliding windows)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL_TYPE,),
+                "vae": (VAE_TYPE,),
+                "clip_vision": (CLIP_VISION_TYPE,),
+                "embeds": (EMBEDS_TYPE, {"tooltip": "Prompt and negative prompt (Wan Text Encode)"}),
+                "reference_image": ("IMAGE", {"tooltip": "The character"}),
+                "pose_images": ("IMAGE", {"tooltip": "Driving poses aligned in 'unianimate' mode and drawn in the 'unianimate' style"}),
+                "reference_pose_image": ("IMAGE", {"tooltip": "The reference's own pose drawn in the 'unianimate' style"}),
+                "resolution": (list(pipeline.RESOLUTIONS), {"default": "480p",
+                                                            "tooltip": "480p: 480x832 area (the trained size), 720p: 720x1280 area, on the "
+                                                                       "reference's aspect, multiples of 16; reference: the reference's own size"}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+                "steps": ("INT", {"default": pipeline.DEFAULT_STEPS, "min": 1, "max": 100}),
+                "cfg": ("FLOAT", {"default": pipeline.DEFAULT_CFG, "min": 1.0, "max": 20.0, "step": 0.1,
+                                  "tooltip": "1.0 = no negative pass (about 2x faster)"}),
+            },
+            "optional": {
+                "clip_embeds": (CLIP_EMBEDS_TYPE, {"tooltip": "Precomputed CLIP tokens (Wan CLIP Vision Encode); "
+                                                              "otherwise computed from clip_vision"}),
+                "context_size": ("INT", {"default": win.CONTEXT_SIZE, "min": win.PRIVATE_FRAMES + 1, "max": 64,
+                                         "tooltip": "Window length in latent frames (21 = 81 video frames, official)"}),
+                "context_overlap": ("INT", {"default": win.CONTEXT_OVERLAP, "min": win.PRIVATE_FRAMES, "max": 32,
+                                            "tooltip": "Overlap between windows in latent frames (official 4)"}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE", "LATENT")
+    RETURN_NAMES = ("frames", "latent")
+    FUNCTION = "sample"
+    CATEGORY = CATEGORY
+
+    def sample(self, model, vae, clip_vision, embeds, reference_image, pose_images, reference_pose_image,
+               resolution="480p", seed=0, steps=pipeline.DEFAULT_STEPS, cfg=pipeline.DEFAULT_CFG, clip_embeds=None,
+               context_size=win.CONTEXT_SIZE, context_overlap=win.CONTEXT_OVERLAP):
+        if context_overlap >= context_size:
+            raise ValueError(f"context_overlap ({context_overlap}) must be smaller than context_size ({context_size}).")
+        poses = frames.to_uint8_rgb(pose_images, "pose_images")
+        total = pipeline.progress_total(len(poses), int(steps), int(context_size), int(context_overlap))
+        callback = host.step_callback(total)
+        host.check_interrupt()
+        with released_after_run(model, vae, clip_vision):
+            result = pipeline.generate(
+                model, vae, clip_vision, embeds, frames.to_uint8_rgb(reference_image, "reference_image")[0], poses,
+                frames.to_uint8_rgb(reference_pose_image, "reference_pose_image")[0], resolution=resolution,
+                seed=int(seed), steps=int(steps), cfg=float(cfg), context_size=int(context_size),
+                context_overlap=int(context_overlap), callback=callback, clip_embeds=clip_embeds)
+        return (result.frames, {"samples": result.latents})
+
+
+NODE_CLASS_MAPPINGS = {
+    "PoseAnimateUniAnimateLoader": UniAnimateLoader,
+    "PoseAnimateWanCLIPVisionEncode": WanCLIPVisionEncode,
+    "PoseAnimateUniAnimateSampler": UniAnimateSampler,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "PoseAnimateUniAnimateLoader": "Load UniAnimate-DiT Model (PoseAnimate)",
+    "PoseAnimateWanCLIPVisionEncode": "Wan CLIP Vision Encode (PoseAnimate)",
+    "PoseAnimateUniAnimateSampler": "UniAnimate-DiT Sampler (PoseAnimate)",
+}
