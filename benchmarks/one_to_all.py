@@ -267,7 +267,7 @@ def gpu_figures(height: int = 480, width: int = 832, frames: int = 81, device="c
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mem-child", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--size", type=int, default=16, help="frame size of the memory runs (pixels)")
+    ap.add_argument("--size", type=int, default=64, help="frame size of the memory runs (pixels; at 16 px allocator noise outweighs the chunk working set)")
     ap.add_argument("--steps", type=int, default=2, help="steps of the memory runs")
     ap.add_argument("--overhead-size", type=int, default=16)
     ap.add_argument("--overhead-steps", type=int, default=30)
