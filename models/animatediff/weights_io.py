@@ -13,36 +13,20 @@ class AnimateDiffWeightsError(ValueError):
 def read_state_dict(path, device: str = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of a ``.safetensors`` / ``.ckpt`` / ``.pt`` / ``.pth`` / ``.bin`` file.
 
-    Pickled files load with ``weights_only=True``; a top-level ``state_dict`` / ``module``
-    wrapper (old LDM / motion-module ``.ckpt`` releases) is unwrapped.
+    One safe reader serves every family (models/wan/state_dict.py: safetensors, or
+    ``torch.load(weights_only=True)``, wrappers such as LDM's ``state_dict`` unwrapped, pickles
+    that need code refused); here its errors become AnimateDiff's error type.
     """
+    from ..wan.state_dict import WanWeightsError
+    from ..wan.state_dict import read_state_dict as read_weights
+
     path = Path(path)
     if not path.is_file():
         raise AnimateDiffWeightsError(f"weight file not found: {path}")
-    suffix = path.suffix.lower()
     try:
-        if suffix in (".safetensors", ".sft"):
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path), device=device)
-        else:
-            try:
-                sd = torch.load(str(path), map_location=device, weights_only=True, mmap=True)
-            except RuntimeError as exc:  # legacy (pre-zip) pickles cannot be memory-mapped
-                if "mmap" not in str(exc):
-                    raise
-                sd = torch.load(str(path), map_location=device, weights_only=True)
-    except Exception as exc:  # corrupt file, pickle with code, wrong format
-        hint = "" if suffix in (".safetensors", ".sft") else (
-            " (pickled files load with weights_only=True; a file that pickles code objects needs "
-            "converting to .safetensors first)")
-        raise AnimateDiffWeightsError(f"cannot read weights from {path}: {exc}{hint}") from exc
-    for wrapper in ("state_dict", "module"):
-        if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict):
-            sd = sd[wrapper]
-    if not isinstance(sd, dict):
-        raise AnimateDiffWeightsError(f"{path} does not hold a state dict")
-    return {k: v for k, v in sd.items() if torch.is_tensor(v)}
+        return read_weights(path, device=device)
+    except WanWeightsError as exc:
+        raise AnimateDiffWeightsError(f"cannot read weights from {path}: {exc}") from exc
 
 
 def load_into(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
