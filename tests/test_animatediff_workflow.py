@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import ad_tiny
+from workflow_executor import Executor
 from poseanimate.nodes import animatediff as ad_nodes
 from poseanimate.nodes import pose as pose_nodes
 
@@ -21,11 +22,6 @@ CORE_WIDGETS = {"LoadVideo": ["file"], "GetVideoComponents": [], "CreateVideo": 
                 "SaveVideo": ["filename_prefix", "format", "codec"]}
 
 
-class _Video:
-    def __init__(self, images, fps, audio=None):
-        self.images, self.fps, self.audio = images, fps, audio
-
-
 def _source_clip(frames=12, size=64):
     """A moving bright square on a gradient: deterministic 'video'."""
     y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
@@ -33,74 +29,6 @@ def _source_clip(frames=12, size=64):
     for t in range(frames):
         out[t, 20:40, 4 + 3 * t : 20 + 3 * t] = 1.0
     return out.clamp(0, 1)
-
-
-class Executor:
-    """Runs an API-format graph: class_type -> node class, links resolved in dependency order."""
-
-    def __init__(self, clip, fps=24.0):
-        self.clip, self.fps = clip, fps
-        self.saved = []
-        self.classes = {**ad_nodes.NODE_CLASS_MAPPINGS, **pose_nodes.NODE_CLASS_MAPPINGS}
-
-    def core(self, ct, inputs):
-        if ct == "LoadVideo":
-            return (_Video(self.clip, self.fps),)
-        if ct == "GetVideoComponents":
-            v = inputs["video"]
-            return (v.images, v.audio, v.fps)
-        if ct == "CreateVideo":
-            return (_Video(inputs["images"], inputs["fps"], inputs.get("audio")),)
-        if ct == "SaveVideo":
-            self.saved.append((inputs["filename_prefix"], inputs["video"]))
-            return ()
-        raise KeyError(ct)
-
-    def run(self, graph):
-        results = {}
-
-        def value(v):
-            if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str):
-                return evaluate(v[0])[v[1]]
-            return v
-
-        def evaluate(nid):
-            if nid in results:
-                return results[nid]
-            node = graph[nid]
-            inputs = {k: value(v) for k, v in node["inputs"].items()}
-            ct = node["class_type"]
-            if ct in self.classes:
-                cls = self.classes[ct]
-                spec = cls.INPUT_TYPES()
-                allowed = set(spec["required"]) | set(spec.get("optional", {}))
-                assert set(spec["required"]) <= set(inputs), f"{ct}: missing {set(spec['required']) - set(inputs)}"
-                assert set(inputs) <= allowed, f"{ct}: unknown inputs {set(inputs) - allowed}"
-                for k, s in {**spec["required"], **spec.get("optional", {})}.items():
-                    if k in node["inputs"] and isinstance(s[0], list) and not isinstance(node["inputs"][k], list):
-                        assert node["inputs"][k] in s[0], f"{ct}.{k}={node['inputs'][k]!r} not in {s[0]}"
-                out = getattr(cls(), cls.FUNCTION)(**inputs)
-                assert isinstance(out, tuple) and len(out) == len(cls.RETURN_TYPES)
-            else:
-                out = self.core(ct, inputs)
-            results[nid] = out
-            return out
-
-        try:
-            for nid in graph:
-                evaluate(nid)
-        finally:
-            self.release(results)
-        return results
-
-    @staticmethod
-    def release(results):
-        """Close what a cache eviction would (mediapipe's solution threads must be closed
-        explicitly, or the interpreter can hang at exit once torch's thread pool ran)."""
-        for outputs in results.values():
-            for obj in outputs:
-                if hasattr(obj, "close") and callable(obj.close) and not isinstance(obj, torch.Tensor):
-                    obj.close()
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +58,7 @@ def _fast(graph, steps=3, **sampler):
 
 def test_api_twin_runs_end_to_end(models):
     clip = _source_clip(12)
-    ex = Executor(clip, fps=24.0)
+    ex = Executor(clip=clip, fps=24.0)
     res = ex.run(_fast(API))
     frames, seed, fps = res["8"]
     assert frames.shape == (12, 64, 64, 3) and frames.dtype == torch.float32
@@ -147,9 +75,9 @@ def test_workflow_with_windows_loras_and_blend(models):
     g["7"]["inputs"].update(context_length=8, context_overlap=2, window_batch=2, freenoise=True)
     g["3"]["inputs"].update(lora_1="style.safetensors", lora_1_scale=0.5,
                             loras_json='[{"name": "zoom_motion.safetensors", "scale": 0.8}]')
-    frames, seed, fps = Executor(_source_clip(20)).run(g)["8"]
+    frames, seed, fps = Executor(clip=_source_clip(20)).run(g)["8"]
     assert frames.shape == (20, 64, 64, 3) and seed == 7
-    again = Executor(_source_clip(20)).run(g)["8"][0]
+    again = Executor(clip=_source_clip(20)).run(g)["8"][0]
     assert torch.equal(again, frames)  # same seed, same video (CPU)
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import one_to_all_tiny
+from workflow_executor import Executor
 import poseanimate
 from poseanimate.models.one_to_all import pipeline
 from poseanimate.pose import sample_media
@@ -26,82 +27,12 @@ REF_W, REF_H = 128, 160
 CLIP_W, CLIP_H, CLIP_FRAMES, CLIP_FPS = 160, 200, 6, 12.0
 
 
-class _Video:
-    def __init__(self, images, fps, audio=None):
-        self.images, self.fps, self.audio = images, fps, audio
-
-
 def _reference():
     import cv2
 
     ref = sample_media.sample_reference_image()  # 512x512 astronaut
     ref = cv2.resize(ref[:, 51:461], (REF_W, REF_H), interpolation=cv2.INTER_AREA)
     return torch.from_numpy(ref).float().div(255)[None]
-
-
-class Executor:
-    """Runs an API-format graph: class_type -> node class, links resolved in dependency order."""
-
-    def __init__(self, image, clip, fps):
-        self.image, self.clip, self.fps = image, clip, fps
-        self.saved, self.progress = [], []
-        self.classes = dict(poseanimate.NODE_CLASS_MAPPINGS)
-
-    def core(self, ct, inputs):
-        if ct == "LoadImage":
-            return (self.image, torch.zeros(self.image.shape[:3]))
-        if ct == "LoadVideo":
-            return (_Video(self.clip, self.fps),)
-        if ct == "GetVideoComponents":
-            v = inputs["video"]
-            return (v.images, v.audio, v.fps)
-        if ct == "CreateVideo":
-            return (_Video(inputs["images"], inputs["fps"], inputs.get("audio")),)
-        if ct == "SaveVideo":
-            self.saved.append((inputs["filename_prefix"], inputs["video"]))
-            return ()
-        raise KeyError(f"no stand-in for core node {ct}")
-
-    def run(self, graph):
-        results = {}
-
-        def value(v):
-            if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str):
-                return evaluate(v[0])[v[1]]
-            return v
-
-        def evaluate(nid):
-            if nid in results:
-                return results[nid]
-            node = graph[nid]
-            inputs = {k: value(v) for k, v in node["inputs"].items()}
-            ct = node["class_type"]
-            if ct in self.classes:
-                cls = self.classes[ct]
-                spec = cls.INPUT_TYPES()
-                declared = {**spec["required"], **spec.get("optional", {})}
-                assert set(spec["required"]) <= set(inputs), f"{ct}: missing {set(spec['required']) - set(inputs)}"
-                assert set(inputs) <= set(declared), f"{ct}: unknown inputs {set(inputs) - set(declared)}"
-                for k, s in declared.items():
-                    raw = node["inputs"].get(k)
-                    if isinstance(s[0], list) and raw is not None and not isinstance(raw, list):
-                        assert raw in s[0], f"{ct}.{k}={raw!r} not in {s[0]}"
-                out = getattr(cls(), cls.FUNCTION)(**inputs)
-                assert isinstance(out, tuple) and len(out) == len(cls.RETURN_TYPES)
-            else:
-                out = self.core(ct, inputs)
-            results[nid] = out
-            return out
-
-        try:
-            for nid in graph:
-                evaluate(nid)
-        finally:
-            for outputs in results.values():  # close mediapipe solutions (threads) as a cache eviction would
-                for obj in outputs:
-                    if hasattr(obj, "close") and callable(obj.close) and not isinstance(obj, torch.Tensor):
-                        obj.close()
-        return results
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import unianimate_tiny
+from workflow_executor import Executor
 from poseanimate.models.unianimate import pipeline as pl
 from poseanimate.nodes import pose as pose_nodes
 from poseanimate.nodes import unianimate as ua_nodes
@@ -29,11 +30,6 @@ SMALL = (128, 160)  # reference (W, H) of the in-process runs
 LOADER = next(k for k, v in API.items() if v["class_type"] == "PoseAnimateUniAnimateLoader")
 
 
-class _Video:
-    def __init__(self, images, fps, audio=None):
-        self.images, self.fps, self.audio = images, fps, audio
-
-
 def _media(frames=6, size=(256, 320)):
     """A person (scikit-image's astronaut) as reference (non-square) and a swaying driving clip."""
     sample_media = pytest.importorskip("poseanimate.pose.sample_media")
@@ -44,69 +40,6 @@ def _media(frames=6, size=(256, 320)):
     ref = cv2.resize(sample_media.sample_reference_image(), size, interpolation=cv2.INTER_AREA)
     clip = sample_media.sample_driving_clip(frames, (size[0], size[0]))
     return torch.from_numpy(ref).float()[None] / 255, torch.from_numpy(clip).float() / 255
-
-
-class Executor:
-    """Runs an API-format graph: class_type -> node class, links resolved in dependency order."""
-
-    def __init__(self, reference, clip, fps=12.0):
-        self.reference, self.clip, self.fps = reference, clip, fps
-        self.saved = []
-
-    def core(self, ct, inputs):
-        if ct == "LoadImage":
-            return (self.reference, torch.zeros(self.reference.shape[:3]))
-        if ct == "LoadVideo":
-            return (_Video(self.clip, self.fps),)
-        if ct == "GetVideoComponents":
-            v = inputs["video"]
-            return (v.images, v.audio, v.fps)
-        if ct == "CreateVideo":
-            return (_Video(inputs["images"], inputs["fps"], inputs.get("audio")),)
-        if ct == "SaveVideo":
-            self.saved.append((inputs["filename_prefix"], inputs["video"]))
-            return ()
-        raise KeyError(ct)
-
-    def run(self, graph):
-        results = {}
-
-        def value(v):
-            if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str):
-                return evaluate(v[0])[v[1]]
-            return v
-
-        def evaluate(nid):
-            if nid in results:
-                return results[nid]
-            node = graph[nid]
-            inputs = {k: value(v) for k, v in node["inputs"].items()}
-            ct = node["class_type"]
-            if ct in CLASSES:
-                cls = CLASSES[ct]
-                spec = cls.INPUT_TYPES()
-                allowed = set(spec["required"]) | set(spec.get("optional", {}))
-                assert set(spec["required"]) <= set(inputs), f"{ct}: missing {set(spec['required']) - set(inputs)}"
-                assert set(inputs) <= allowed, f"{ct}: unknown inputs {set(inputs) - allowed}"
-                for k, s in {**spec["required"], **spec.get("optional", {})}.items():
-                    if k in node["inputs"] and isinstance(s[0], list) and not isinstance(node["inputs"][k], list):
-                        assert node["inputs"][k] in s[0], f"{ct}.{k}={node['inputs'][k]!r} not in {s[0]}"
-                out = getattr(cls(), cls.FUNCTION)(**inputs)
-                assert isinstance(out, tuple) and len(out) == len(cls.RETURN_TYPES)
-            else:
-                out = self.core(ct, inputs)
-            results[nid] = out
-            return out
-
-        try:
-            for nid in graph:
-                evaluate(nid)
-        finally:
-            for outputs in results.values():  # mediapipe threads must be closed explicitly
-                for obj in outputs:
-                    if hasattr(obj, "close") and callable(obj.close) and not isinstance(obj, torch.Tensor):
-                        obj.close()
-        return results
 
 
 @pytest.fixture(scope="module")
