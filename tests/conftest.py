@@ -1,5 +1,4 @@
 """Shared test setup: the pack is importable as ``poseanimate``; model folders point at a temp dir."""
-import os
 import sys
 from pathlib import Path
 
