@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
 import sys
-import threading
+from peak_memory import peak_rss_growth  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import time
 from pathlib import Path
 
@@ -150,11 +149,6 @@ def bench_vs_diffusers(frames=16, size=128, steps=8, strength=0.5, repeats=3):
 
 
 # ------------------------------------------------------------------ figure 2
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def peak_memory_child(frames: int, size: int) -> int:
     """Run in a fresh process: peak RSS growth (bytes) while sampling ``frames`` frames."""
     pipe = ours_pipe()
@@ -162,24 +156,8 @@ def peak_memory_child(frames: int, size: int) -> int:
     settings = pl.V2VSettings(prompt=PROMPT, steps=2, seed=0, select_every_nth_frame=1, sampler="euler",
                               scheduler="normal", window_batch=1)
     pipe(source_frames(16, size), settings)  # warm-up: allocator pools and kernels
-    base = _rss()
-    peak = [base]
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.002)
-
-    th = threading.Thread(target=watch, daemon=True)
-    th.start()
-    try:
-        pipe(src, settings)
-    finally:
-        stop.set()
-        th.join()
-    peak[0] = max(peak[0], _rss())
-    return peak[0] - base
+    growth, _ = peak_rss_growth(lambda: pipe(src, settings))
+    return growth
 
 
 def bench_memory(size=128):

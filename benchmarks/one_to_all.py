@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import threading
+from peak_memory import peak_rss_growth  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import time
 from pathlib import Path
 
@@ -121,33 +120,14 @@ def overhead(frames: int = 81, size: int = 16, steps: int = 30) -> None:
     emit("one_to_all_overhead", round(total / timed.seconds, 4))
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def mem_child(frames: int, size: int, steps: int) -> None:
     """In a fresh process: peak RSS growth (bytes) while sampling ``frames`` frames."""
     model, vae, embeds = tiny_setup()
     ref, poses, ref_pose = inputs(frames, size)
     run = dict(resolution=(size, size), steps=steps, image_guidance_scale=2.0, pose_guidance_scale=1.5, seed=0)
     sample_one_to_all(model, vae, embeds, ref, poses[:5], ref_pose, **dict(run, steps=2))  # first-call allocations
-    base = _rss()
-    peak = [base]
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.002)
-
-    th = threading.Thread(target=watch, daemon=True)
-    th.start()
-    sample_one_to_all(model, vae, embeds, ref, poses, ref_pose, **run)
-    stop.set()
-    th.join()
-    peak[0] = max(peak[0], _rss())
-    print(json.dumps({"frames": frames, "growth": peak[0] - base, "base": base}))
+    growth, _ = peak_rss_growth(lambda: sample_one_to_all(model, vae, embeds, ref, poses, ref_pose, **run))
+    print(json.dumps({"frames": frames, "growth": growth}))
 
 
 def memory(size: int = 16, steps: int = 2) -> None:

@@ -26,7 +26,7 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
+from peak_memory import peak_rss_growth  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import time
 from pathlib import Path
 
@@ -108,32 +108,15 @@ def overhead(frames: int = 161, steps: int = 3) -> tuple[float, float]:
     return total / model_time, sum(pose) / model_time
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def peak_growth(frames: int, steps: int = 1) -> int:
     """Bytes of peak RSS above the size just before sampling (in this process)."""
     model, enc, cfg = _tiny_model()
     cond, noise = _inputs(cfg, 81)
     _run(model, enc, cond, noise, 1)  # warm-up: allocator pools, kernels
     cond, noise = _inputs(cfg, frames)
-    base, peak, stop = _rss(), [0], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    latents = _run(model, enc, cond, noise, steps)
-    stop.set()
-    thread.join()
-    peak[0] = max(peak[0], _rss())
+    growth, latents = peak_rss_growth(lambda: _run(model, enc, cond, noise, steps))
     assert latents.shape[2] == noise.shape[2]
-    return peak[0] - base
+    return growth
 
 
 def _subprocess_growth(frames: int) -> int:
