@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ad_tiny
-from workflow_executor import Executor
+from workflow_executor import Executor, widget_names
 from poseanimate.nodes import animatediff as ad_nodes
 from poseanimate.nodes import pose as pose_nodes
 
@@ -97,14 +97,7 @@ def test_ui_matches_api_twin():
             _, src, slot, dst, dst_slot, _ = links[inp["link"]]
             assert api["inputs"][inp["name"]] == [str(src), slot] and dst == int(nid)
         if api["class_type"] in classes:
-            spec = classes[api["class_type"]].INPUT_TYPES()
-            names = []
-            for sect in ("required", "optional"):
-                for k, s in spec.get(sect, {}).items():
-                    if isinstance(s[0], list) or s[0] in ("INT", "FLOAT", "STRING", "BOOLEAN"):
-                        names.append(k)
-                        if len(s) > 1 and s[1].get("control_after_generate"):
-                            names.append(None)
+            names = widget_names(classes[api["class_type"]].INPUT_TYPES())
         else:
             names = CORE_WIDGETS[api["class_type"]]
         values = node["widgets_values"][: len(names)]

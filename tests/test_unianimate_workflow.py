@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import unianimate_tiny
-from workflow_executor import Executor
+from workflow_executor import Executor, widget_names
 from poseanimate.models.unianimate import pipeline as pl
 from poseanimate.nodes import pose as pose_nodes
 from poseanimate.nodes import unianimate as ua_nodes
@@ -119,14 +119,7 @@ def test_ui_matches_api_twin():
             assert api["inputs"][inp["name"]] == [str(src), slot] and dst == int(nid)
             assert node["inputs"][dst_slot]["link"] == inp["link"]
         if api["class_type"] in CLASSES:
-            spec = CLASSES[api["class_type"]].INPUT_TYPES()
-            names = []
-            for sect in ("required", "optional"):
-                for k, s in spec.get(sect, {}).items():
-                    if isinstance(s[0], list) or s[0] in ("INT", "FLOAT", "STRING", "BOOLEAN"):
-                        names.append(k)
-                        if len(s) > 1 and s[1].get("control_after_generate"):
-                            names.append(None)
+            names = widget_names(CLASSES[api["class_type"]].INPUT_TYPES())
         else:
             names = CORE_WIDGETS[api["class_type"]]
         values = node["widgets_values"][: len(names)]
