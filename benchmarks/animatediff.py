@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import torch  # noqa: E402
 
 from poseanimate.models.animatediff import context_windows as cw  # noqa: E402
 from poseanimate.models.animatediff import pipeline as pl  # noqa: E402
-from poseanimate.models.animatediff.motion_loader import MotionModuleSet  # noqa: E402
+from poseanimate.models.animatediff.motion_loader import MotionModuleSet, to_diffusers_motion_keys  # noqa: E402
 from poseanimate.models.animatediff.sd15_checkpoint import load_clip_tokenizer  # noqa: E402
 from poseanimate.models.animatediff.unet3d import build_animated_unet  # noqa: E402
 
@@ -83,19 +82,6 @@ def build_models(cfg: dict, seed: int = 0):
     return unet, motion, vae, te
 
 
-def motion_to_diffusers(motion: MotionModuleSet) -> dict:
-    """Original motion-module names -> diffusers MotionAdapter names (README section 1 rules)."""
-    out = {}
-    for k, v in motion.state_dict().items():
-        if "pos_encoder" in k:
-            continue
-        k = k.replace(".temporal_transformer", "")
-        k = re.sub(r"attention_blocks\.(\d)", lambda m: f"attn{int(m.group(1)) + 1}", k)
-        k = re.sub(r"norms\.(\d)", lambda m: f"norm{int(m.group(1)) + 1}", k)
-        out[k.replace("ff_norm", "norm3")] = v
-    return out
-
-
 def source_frames(n: int, size: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     base = torch.rand(1, size, size, 3, generator=g)
@@ -118,7 +104,7 @@ def bench_vs_diffusers(frames=16, size=128, steps=8, strength=0.5, repeats=3):
     tok = load_clip_tokenizer()
     adapter = MotionAdapter(block_out_channels=ch, motion_layers_per_block=2, motion_num_attention_heads=8,
                             motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=True)
-    missing, unexpected = adapter.load_state_dict(motion_to_diffusers(motion), strict=False)
+    missing, unexpected = adapter.load_state_dict(to_diffusers_motion_keys(motion.state_dict()), strict=False)
     assert not unexpected and all("pos_embed" in k for k in missing), (missing, unexpected)
     sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
                                    timestep_spacing="linspace", steps_offset=1)

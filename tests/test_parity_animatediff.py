@@ -108,18 +108,6 @@ def test_per_frame_groupnorm_is_what_differs_from_diffusers():
 
 
 # ---------------------------------------------------------------- whole UNet vs diffusers
-def _to_diffusers_motion_keys(sd: dict) -> dict:
-    out = {}
-    for k, v in sd.items():
-        if "pos_encoder" in k:
-            continue
-        k = k.replace(".temporal_transformer", "")
-        k = re.sub(r"attention_blocks\.(\d)", lambda m: f"attn{int(m.group(1)) + 1}", k)
-        k = re.sub(r"norms\.(\d)", lambda m: f"norm{int(m.group(1)) + 1}", k)
-        out[k.replace("ff_norm", "norm3")] = v
-    return out
-
-
 @pytest.mark.parametrize("version", ["v2", "v3"])
 def test_animated_unet_matches_diffusers_unet_motion_model(version):
     """With motion GroupNorms across frames and the SD UNet per frame (diffusers' formulation),
@@ -127,7 +115,7 @@ def test_animated_unet_matches_diffusers_unet_motion_model(version):
     from diffusers import MotionAdapter, UNetMotionModel
 
     import ad_tiny
-    from poseanimate.models.animatediff.motion_loader import motion_module_from_state_dict
+    from poseanimate.models.animatediff.motion_loader import motion_module_from_state_dict, to_diffusers_motion_keys
 
     unet = ad_tiny.tiny_sd15_models()[0]
     mm_sd = ad_tiny.tiny_motion_state_dict(version)
@@ -138,7 +126,7 @@ def test_animated_unet_matches_diffusers_unet_motion_model(version):
     adapter = MotionAdapter(block_out_channels=ad_tiny.TINY_UNET["block_out_channels"], motion_layers_per_block=2,
                             motion_num_attention_heads=8, motion_norm_num_groups=32, motion_max_seq_length=32,
                             use_motion_mid_block=version == "v2")
-    missing, unexpected = adapter.load_state_dict(_to_diffusers_motion_keys(mm_sd), strict=False)
+    missing, unexpected = adapter.load_state_dict(to_diffusers_motion_keys(mm_sd), strict=False)
     assert not unexpected and all(k.endswith("pos_embed.pe") for k in missing)
     theirs = UNetMotionModel.from_unet2d(ad_tiny.tiny_sd15_models()[0], adapter).eval()
 

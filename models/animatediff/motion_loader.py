@@ -170,6 +170,25 @@ def load_motion_module(path, dtype=torch.float32, device="cpu") -> MotionModuleS
     return motion_module_from_state_dict(sd, dtype=dtype, device=device, name=Path(path).name)
 
 
+def to_diffusers_motion_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Original motion-module names -> diffusers ``MotionAdapter`` names.
+
+    The rename rules of the reference manifests: drop ``.temporal_transformer``,
+    ``attention_blocks.0/1`` -> ``attn1/attn2``, ``norms.0/1`` -> ``norm1/norm2``,
+    ``ff_norm`` -> ``norm3``; ``pos_encoder`` buffers are dropped (diffusers regenerates them).
+    Used to check our module against diffusers' on the same weights.
+    """
+    out = {}
+    for k, v in sd.items():
+        if "pos_encoder" in k:
+            continue
+        k = k.replace(".temporal_transformer", "")
+        k = re.sub(r"attention_blocks\.(\d)", lambda m: f"attn{int(m.group(1)) + 1}", k)
+        k = re.sub(r"norms\.(\d)", lambda m: f"norm{int(m.group(1)) + 1}", k)
+        out[k.replace("ff_norm", "norm3")] = v
+    return out
+
+
 def _lora_targets(lora_sd: dict[str, torch.Tensor]) -> dict[str, tuple[str, str]]:
     """Map original motion-LoRA keys to motion-module weights: down key -> (target, up key).
 
