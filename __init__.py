@@ -14,19 +14,27 @@ WEB_DIRECTORY = None
 _FAMILIES = ("pose", "wan", "one_to_all", "unianimate", "animatediff")
 _log = logging.getLogger("PoseAnimate")
 
-from .nodes import host as _host  # noqa: E402
 
-_host.register_folders()
+def _load_families() -> None:
+    from .nodes import host
 
-for _name in _FAMILIES:
-    try:
-        _module = importlib.import_module(f".nodes.{_name}", __name__)
-    except ImportError as _exc:  # an optional dependency missing: keep the other families
-        if getattr(_exc, "name", None) and _exc.name.endswith(f"nodes.{_name}"):
-            continue  # family not built yet
-        _log.warning("PoseAnimate: %s nodes not loaded: %s", _name, _exc)
-        continue
-    NODE_CLASS_MAPPINGS.update(getattr(_module, "NODE_CLASS_MAPPINGS", {}))
-    NODE_DISPLAY_NAME_MAPPINGS.update(getattr(_module, "NODE_DISPLAY_NAME_MAPPINGS", {}))
+    host.register_folders()
+    for name in _FAMILIES:
+        try:
+            module = importlib.import_module(f".nodes.{name}", __name__)
+        except ImportError as exc:  # an optional dependency missing: keep the other families
+            if getattr(exc, "name", None) and exc.name.endswith(f"nodes.{name}"):
+                continue  # family not built yet
+            _log.warning("PoseAnimate: %s nodes not loaded: %s", name, exc)
+            continue
+        NODE_CLASS_MAPPINGS.update(getattr(module, "NODE_CLASS_MAPPINGS", {}))
+        NODE_DISPLAY_NAME_MAPPINGS.update(getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", {}))
+
+
+# ComfyUI and pack_loader import this file as a package. pytest may also import it bare (as the
+# package of a checkout folder whose name is no valid module name), where relative imports
+# cannot work; then there is nothing to register.
+if __package__:
+    _load_families()
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
