@@ -1,0 +1,50 @@
+"""Headless figures: one `name: value` line per figure.
+
+headless_overhead: the main job (``job.run_request``: request filling, media, the in-process
+executor, video and result JSON) on a tiny One-to-All request (tiny random weights written by
+tests/one_to_all_tiny.py, fp32 loaders, 2 steps, the reference's own size), its wall time over
+the summed times of the workflow's nodes in the same run (second of two runs, so imports and
+first-call warm-ups are not counted). Target <= 1.05.
+
+Run: ``python benchmarks/headless.py`` from the repository root.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from pack_loader import load_pack  # noqa: E402
+
+load_pack()
+
+import one_to_all_tiny  # noqa: E402
+import test_headless_job as helpers  # noqa: E402
+
+from poseanimate.headless import job  # noqa: E402
+
+
+def headless_overhead() -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        one_to_all_tiny.write_tiny_models(tmp / "models")
+        job.configure_models(tmp / "models")
+        ref, drive = helpers.write_media(tmp)
+        request = {"prompt": "a dance", "image_url": ref, "video_url": drive, "num_inference_steps": 2,
+                   "resolution": "reference", "image_guidance_scale": 1.0, "pose_guidance_scale": 1.0, "seed": 1}
+        workflow = helpers.fast_one_to_all(tmp)
+        ratios = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            done = job.run_request(request, tmp / "out", workflow=workflow, quiet=True)
+            ratios.append((time.perf_counter() - t0) / sum(done.node_seconds.values()))
+        return ratios[-1]
+
+
+if __name__ == "__main__":
+    print(f"headless_overhead: {headless_overhead():.4f}", flush=True)
