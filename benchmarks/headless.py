@@ -6,6 +6,10 @@ tests/one_to_all_tiny.py, fp32 loaders, 2 steps, the reference's own size), its 
 the summed times of the workflow's nodes in the same run (second of two runs, so imports and
 first-call warm-ups are not counted). Target <= 1.05.
 
+batch_resume_rerun: the batch test's scenario (tests/test_headless_batch.py: 6 pose requests, one
+failing, 2 CPU workers on a local Ray cluster, SIGKILL once 2 are done, then the same command
+again): requests finished before the resume that the resume executed again. Target 0.
+
 Run: ``python benchmarks/headless.py`` from the repository root.
 """
 from __future__ import annotations
@@ -46,5 +50,16 @@ def headless_overhead() -> float:
         return ratios[-1]
 
 
+def batch_resume_rerun() -> int:
+    import test_headless_batch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        finished_before, _, summary, _, stderr = test_headless_batch.kill_and_resume(Path(tmp))
+        if not summary:
+            raise RuntimeError(stderr[-2000:])
+        return len(set(summary["executed"]) & finished_before)
+
+
 if __name__ == "__main__":
     print(f"headless_overhead: {headless_overhead():.4f}", flush=True)
+    print(f"batch_resume_rerun: {batch_resume_rerun()}", flush=True)

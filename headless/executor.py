@@ -56,6 +56,7 @@ class Executor:
         self.loaded: dict[tuple, tuple] = {}  # literal-input node signature -> outputs (kept across runs)
         self.timings: dict[str, float] = {}  # node id -> seconds, of the last run
         self.ui: dict[str, dict] = {}  # node id -> what an output node reported, of the last run
+        self.reused: list[str] = []  # node ids served from the kept loaders, of the last run
         import poseanimate
 
         self.classes = {**core_nodes.node_classes(self.core), **poseanimate.NODE_CLASS_MAPPINGS}
@@ -100,7 +101,7 @@ class Executor:
         """Run every node of ``graph`` once; returns node id -> outputs."""
         results: dict[str, tuple] = {}
         kept: set[str] = set()
-        self.timings, self.ui = {}, {}
+        self.timings, self.ui, self.reused = {}, {}, []
         for nid, node in graph.items():
             if node.get("class_type") not in self.classes:
                 raise GraphError(f"node {nid}: no node class {node.get('class_type')!r} (not a PoseAnimate node and "
@@ -129,6 +130,7 @@ class Executor:
             t0 = time.perf_counter()
             if signature is not None and signature in self.loaded:
                 out = self.loaded[signature]
+                self.reused.append(nid)
             else:
                 try:
                     out = self.call(nid, ct, node, inputs)
