@@ -2,6 +2,7 @@
 
     python animate.py REQUEST.json [--models DIR] [--out output/]   # a hosted request -> video + result JSON
     python animate.py batch requests.jsonl --out DIR                # many requests over GPUs / machines (Ray)
+    torchrun --nproc-per-node 4 animate.py REQUEST.json             # one video over 4 GPUs (sequence parallel)
     python animate.py                                               # demo: sample media -> aligned pose video
     python animate.py --reference me.png --driving dance.mp4 --mode one_to_all_ref --out output/
 
@@ -19,7 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,10 +60,16 @@ def run_request_cli(args) -> int:
     from poseanimate.headless import executor, job
 
     client = job.client_module()
+    sp, rank, out = None, 0, args.out
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: one video over all ranks
+        sp, rank = sequence_parallel_setup()
+        if rank:
+            out = tempfile.mkdtemp(prefix=f"poseanimate-rank{rank}-")  # rank 0 writes the results
     try:
         job.configure_models(args.models, args.extra_model_paths)
         request = client._read_request(args.request)
-        done = job.run_request(request, args.out, endpoint=args.endpoint, workflow=args.workflow, quiet=args.quiet)
+        done = job.run_request(request, out, endpoint=args.endpoint, workflow=args.workflow,
+                               quiet=args.quiet or rank > 0, sequence_parallel=sp)
     except KeyboardInterrupt:
         print("interrupted: stopped cleanly, no output written", file=sys.stderr)
         return 130
@@ -72,8 +82,29 @@ def run_request_cli(args) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(done.result, indent=2))
+    finally:
+        if rank:
+            shutil.rmtree(out, ignore_errors=True)
+        if sp is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank == 0:
+        print(json.dumps(done.result, indent=2))
     return 0
+
+
+def sequence_parallel_setup():
+    """torchrun's environment -> a process group (NCCL on GPUs, gloo on CPU) and the split."""
+    import torch
+    import torch.distributed as dist
+
+    from poseanimate.models.wan.sequence_parallel import SequenceParallel
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return SequenceParallel(), dist.get_rank()
 
 
 def main(argv=None) -> int:

@@ -10,6 +10,10 @@ batch_resume_rerun: the batch test's scenario (tests/test_headless_batch.py: 6 p
 failing, 2 CPU workers on a local Ray cluster, SIGKILL once 2 are done, then the same command
 again): requests finished before the resume that the resume executed again. Target 0.
 
+sp_max_abs: max |2-process - 1-process| of the final latents of a full denoising run with
+guidance, sequence parallel over 2 gloo processes (tests/sequence_parallel_run.py: tiny One-to-All
+on the ring path, tiny UniAnimate on the Ulysses path; the larger of the two). Target <= 1e-5.
+
 Run: ``python benchmarks/headless.py`` from the repository root.
 """
 from __future__ import annotations
@@ -60,6 +64,13 @@ def batch_resume_rerun() -> int:
         return len(set(summary["executed"]) & finished_before)
 
 
+def sp_max_abs() -> float:
+    import sequence_parallel_run
+
+    return max(sequence_parallel_run.max_abs_difference(world=2).values())
+
+
 if __name__ == "__main__":
     print(f"headless_overhead: {headless_overhead():.4f}", flush=True)
     print(f"batch_resume_rerun: {batch_resume_rerun()}", flush=True)
+    print(f"sp_max_abs: {sp_max_abs():.3g}", flush=True)

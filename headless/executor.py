@@ -45,13 +45,15 @@ class Executor:
     ``image`` / ``clip`` (tensors) make LoadImage / LoadVideo return them whatever file the graph
     names (tests); otherwise files are read from ``input_dir``. SaveVideo writes under
     ``output_dir`` when given and always records ``(filename_prefix, video)`` in ``saved``.
-    ``on_node(node_id, class_type, title)`` is called before each node runs (progress labels).
+    ``on_node(node_id, class_type, title)`` is called before each node runs (progress labels),
+    ``on_output(node_id, class_type, outputs)`` after (e.g. to set up a loaded model).
     """
 
     def __init__(self, image=None, clip=None, fps=12.0, *, input_dir=None, output_dir=None, on_node=None,
-                 keep_loaders: bool = False):
+                 on_output=None, keep_loaders: bool = False):
         self.core = core_nodes.CoreNodes(image=image, clip=clip, fps=fps, input_dir=input_dir, output_dir=output_dir)
         self.on_node = on_node
+        self.on_output = on_output  # on_output(node_id, class_type, outputs) after each node
         self.keep_loaders = keep_loaders
         self.loaded: dict[tuple, tuple] = {}  # literal-input node signature -> outputs (kept across runs)
         self.timings: dict[str, float] = {}  # node id -> seconds, of the last run
@@ -140,6 +142,8 @@ class Executor:
                     raise NodeFailed(nid, ct, exc) from exc
                 if signature is not None:
                     self.loaded[signature] = out
+            if self.on_output is not None:
+                self.on_output(nid, ct, out)
             self.timings[nid] = time.perf_counter() - t0
             if signature is not None:
                 kept.add(nid)

@@ -265,12 +265,26 @@ class JobResult:
     node_seconds: dict = field(default_factory=dict)
 
 
+def enable_sequence_parallel(sp, outputs) -> None:
+    """Split the Wan transformer of each model object a loader returned over ``sp``'s ranks."""
+    from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
+
+    from ..models.wan import sequence_parallel
+
+    for obj in outputs:
+        transformer = getattr(obj, "transformer", None)
+        if isinstance(transformer, WanTransformer3DModel):
+            sequence_parallel.enable(transformer, sp)
+
+
 def run_request(request: dict, out_dir, *, endpoint: str | None = None, workflow=None, executor=None,
-                quiet: bool = False, stream=None) -> JobResult:
+                quiet: bool = False, stream=None, sequence_parallel=None) -> JobResult:
     """Run one request; writes ``<out_dir>/<prefix>_<n>_.mp4`` and the result JSON beside it.
 
     On any failure or Ctrl-C (KeyboardInterrupt) nothing of this run stays in ``out_dir``.
     ``executor`` (kept by batch workers) keeps loaded models between requests.
+    ``sequence_parallel`` (a models.wan.sequence_parallel.SequenceParallel, every rank running the
+    same request) splits the transformers' tokens over the ranks.
     """
     t_total = time.perf_counter()
     client = client_module()
@@ -319,6 +333,8 @@ def run_request(request: dict, out_dir, *, endpoint: str | None = None, workflow
         ex.core.saved.clear()
         ex.core.files = written
         ex.on_node = progress.on_node
+        if sequence_parallel is not None:
+            ex.on_output = lambda nid, ct, out: enable_sequence_parallel(sequence_parallel, out)
         t0 = time.perf_counter()
         try:
             with _headless_host(out_dir, progress):
@@ -350,6 +366,6 @@ def run_request(request: dict, out_dir, *, endpoint: str | None = None, workflow
                 path.unlink(missing_ok=True)
             raise
         finally:
-            ex.on_node = None
+            ex.on_node = ex.on_output = None
     say(f"wrote: {video} and {result_path}")
     return JobResult(result, video, result_path, bool(missing), missing, dict(ex.timings))
