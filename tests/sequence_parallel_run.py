@@ -22,7 +22,7 @@ load_pack()
 from poseanimate.models.wan import sequence_parallel  # noqa: E402
 
 
-def one_to_all(sp=None) -> torch.Tensor:
+def one_to_all(sp=None, frames: int = 10, size=(32, 32)) -> torch.Tensor:
     """Final latents of a 10-frame run: 2 steps, image + pose guidance (three model calls a step)."""
     import one_to_all_tiny
     from test_one_to_all_pipeline import LinearVAE, embeds, images  # noqa: F401
@@ -33,12 +33,12 @@ def one_to_all(sp=None) -> torch.Tensor:
     model = one_to_all_tiny.tiny_one_to_all()
     if sp is not None:
         sequence_parallel.enable(model, sp)
-    ref, poses, ref_pose = images(10, 32, 32)
+    ref, poses, ref_pose = images(frames, size[1], size[0])
     dim = one_to_all_tiny.TINY_ONE_TO_ALL["text_dim"]
     g = torch.Generator().manual_seed(2)
     text = WanPromptEmbeds(torch.randn(1, 512, dim, generator=g), torch.randn(1, 512, dim, generator=g), "", "", 3, 5)
     result = pipeline.sample_one_to_all(pipeline.OneToAllModel(model, torch.float32, "cpu"), LinearVAE(), text, ref,
-                                        poses, ref_pose, resolution=(32, 32), steps=2, image_guidance_scale=2.0,
+                                        poses, ref_pose, resolution=size, steps=2, image_guidance_scale=2.0,
                                         pose_guidance_scale=1.5, seed=3)
     return torch.cat([z.flatten() for z in result.chunk_latents])
 
