@@ -153,7 +153,8 @@ class ServerWorker:
             result = client.run(name, request, self.server, Path(out_dir) / "result.json", quiet=True)
         except Exception as exc:  # noqa: BLE001
             return {"error": f"{type(exc).__name__}: {exc}"}
-        return {"video": (Path(out_dir) / result["video"]["file_name"]).as_posix(), "server": self.server}
+        return {"video": (Path(out_dir) / result["video"]["file_name"]).as_posix(), "server": self.server,
+                "result": (Path(out_dir) / "result.json").as_posix()}
 
 
 # ------------------------------------------------------------------ the driver
@@ -223,11 +224,11 @@ def run_batch(requests_path, out, *, models=None, extra_model_paths=None, server
                 actor = make[slot]()
             idle.append((slot, actor))
             if "error" not in answer:
-                video = Path(answer["video"])
+                video = Path(answer.pop("video"))
+                result = Path(answer.pop("result", video.with_suffix(".json")))
                 manifest.record({"id": item.id, "status": "done", "video": video.relative_to(out).as_posix(),
-                                 "result": video.with_suffix(".json").relative_to(out).as_posix()
-                                 if video.with_suffix(".json").is_file() else None,
-                                 "attempts": attempt + 1, **{k: v for k, v in answer.items() if k != "video"}})
+                                 "result": result.relative_to(out).as_posix() if result.is_file() else None,
+                                 "attempts": attempt + 1, **answer})
                 summary["done"].append(item.id)
                 log(f"done: {item.id} -> {video.relative_to(out)}")
             elif attempt < retries:
