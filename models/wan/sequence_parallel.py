@@ -91,12 +91,12 @@ class SequenceParallel:
 
 def _block_attention(q, k, v):
     """Attention of one K/V block with its log-sum-exp: (out [B, S, H, D], lse [B, H, S])."""
-    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if q.is_cuda:
         from yunchang.kernels.attention import pytorch_attn_forward
 
         return pytorch_attn_forward(q, k, v, causal=False, op_type="efficient")
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)[:2]
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))[:2]
     return out.transpose(1, 2), lse
 
 
