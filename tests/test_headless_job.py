@@ -149,3 +149,14 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_output(tmp_path):
     assert proc.wait(60) == 130, "".join(seen)[-2000:]
     assert "stopped cleanly" in "".join(seen)
     assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_kept_loaders_are_reused_and_replaced_per_class():
+    graph = json.loads((ROOT / "workflows" / "api" / "animatediff_v2v.json").read_text())
+    options = {"1": {"class_type": "PoseAnimateAnimateDiffContextOptions", "inputs": dict(graph["7"]["inputs"])}}
+    ex = executor.Executor(keep_loaders=True)
+    first = ex.run(options)["1"][0]
+    assert ex.run(options)["1"][0] is first and ex.reused == ["1"]
+    options["1"]["inputs"]["context_length"] = 8
+    second = ex.run(options)["1"][0]
+    assert second is not first and list(ex.loaded.values()) == [(second,)]
