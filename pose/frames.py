@@ -16,16 +16,13 @@ class FrameError(ValueError):
     """Images that cannot be used (empty batch, wrong shape...)."""
 
 
-def to_uint8_rgb(images, what: str = "images") -> np.ndarray:
-    """Any IMAGE-like input -> (T, H, W, 3) uint8 RGB.
+_CHUNK = 8  # frames converted at a time: no full-video float copy ever exists
 
-    Accepts torch tensors or numpy arrays, float in 0..1 or uint8, (H, W), (H, W, C) or
-    (T, H, W, C) with C = 1 (grayscale, replicated), 3, or 4 (RGBA: alpha dropped).
-    """
-    if hasattr(images, "detach"):
-        images = images.detach().cpu().float().numpy()
-    arr = np.asarray(images)
-    if arr.size == 0:
+
+def _as_array_4d(images, what: str):
+    """(T, H, W, C) view of any IMAGE-like input (torch tensor or array), without copying."""
+    arr = images.detach() if hasattr(images, "detach") else np.asarray(images)
+    if arr.numel() == 0 if hasattr(arr, "numel") else arr.size == 0:
         raise FrameError(f"{what}: the image batch is empty (0 frames). Connect a video or image with at least one frame.")
     if arr.ndim == 2:
         arr = arr[None, :, :, None]
@@ -33,16 +30,73 @@ def to_uint8_rgb(images, what: str = "images") -> np.ndarray:
         arr = arr[..., None] if arr.shape[-1] not in (1, 3, 4) else arr[None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
         raise FrameError(f"{what}: expected (frames, height, width, channels) with 1, 3 or 4 channels, got shape {tuple(arr.shape)}.")
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    elif arr.shape[-1] == 4:
-        arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        arr = np.nan_to_num(arr.astype(np.float32), nan=0.0)
-        if arr.max(initial=0.0) > 1.0 + 1e-3:  # already 0..255 floats
-            arr = arr / 255.0
-        arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr)
+    return arr
+
+
+def _chunk_to_uint8(chunk, scale: float) -> np.ndarray:
+    """One chunk (torch or numpy, any dtype) -> uint8 RGB; ``scale`` maps values to 0..255."""
+    if hasattr(chunk, "detach"):
+        chunk = chunk.detach().cpu()
+        chunk = chunk.numpy() if chunk.dtype != _torch().bfloat16 else chunk.float().numpy()
+    if chunk.shape[-1] == 1:
+        chunk = np.repeat(chunk, 3, axis=-1)
+    elif chunk.shape[-1] == 4:
+        chunk = chunk[..., :3]
+    if chunk.dtype == np.uint8:
+        return np.ascontiguousarray(chunk)
+    arr = np.array(chunk, np.float32)  # the one float temporary, worked on in place
+    np.nan_to_num(arr, copy=False, nan=0.0, posinf=255.0 / scale, neginf=0.0)
+    arr *= scale
+    np.rint(arr, out=arr)
+    np.clip(arr, 0, 255, out=arr)
+    return arr.astype(np.uint8)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _value_scale(arr) -> float:
+    """255 for 0..1 floats, 1 for uint8 or floats already in 0..255 (max read without a copy)."""
+    if arr.dtype in (np.uint8,) or str(arr.dtype) == "torch.uint8":
+        return 1.0
+    if hasattr(arr, "detach"):
+        top = float(_torch().nan_to_num(arr.amax().float(), nan=0.0)) if arr.is_floating_point() else float(arr.max())
+        integer = not arr.is_floating_point()
+    else:
+        top = float(np.nanmax(arr)) if np.issubdtype(arr.dtype, np.floating) else float(arr.max())
+        integer = np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_
+    if arr.dtype == np.bool_ or str(arr.dtype) == "torch.bool":
+        return 255.0
+    return 1.0 if integer or top > 1.0 + 1e-3 else 255.0
+
+
+def to_uint8_rgb(images, what: str = "images") -> np.ndarray:
+    """Any IMAGE-like input -> (T, H, W, 3) uint8 RGB.
+
+    Accepts torch tensors or numpy arrays, float in 0..1 or uint8, (H, W), (H, W, C) or
+    (T, H, W, C) with C = 1 (grayscale, replicated), 3, or 4 (RGBA: alpha dropped).
+    Converted a few frames at a time: the only full-size allocation is the uint8 result.
+    """
+    arr = _as_array_4d(images, what)
+    scale = _value_scale(arr)
+    t, h, w = (int(v) for v in arr.shape[:3])
+    if isinstance(arr, np.ndarray) and arr.dtype == np.uint8 and arr.shape[-1] == 3:
+        return np.ascontiguousarray(arr)
+    out = np.empty((t, h, w, 3), np.uint8)
+    for start in range(0, t, _CHUNK):
+        out[start:start + _CHUNK] = _chunk_to_uint8(arr[start:start + _CHUNK], scale)
+    return out
+
+
+def iter_uint8_chunks(images, chunk: int = _CHUNK, what: str = "images"):
+    """Yield (T_i, H, W, 3) uint8 chunks of any IMAGE-like input, converting only one chunk at a time."""
+    arr = _as_array_4d(images, what)
+    scale = _value_scale(arr)
+    for start in range(0, int(arr.shape[0]), max(1, int(chunk))):
+        yield _chunk_to_uint8(arr[start:start + chunk], scale)
 
 
 def to_image_tensor(frames: np.ndarray):
@@ -132,21 +186,165 @@ def _interp(w: int, h: int, nw: int, nh: int) -> int:
     return cv2.INTER_AREA if nw * nh < w * h else cv2.INTER_CUBIC
 
 
+FIT_MODES = ("crop", "keep", "pad", "stretch")
+
+
+def even_floor(value: float) -> int:
+    """The largest even size <= value (at least 2): video encoders (libx264) refuse odd sizes."""
+    return max(2, int(value) // 2 * 2)
+
+
+def _short_side_size(width: int, height: int, short_side: int, multiple: int) -> tuple[int, int]:
+    """(W, H) with ``short_side`` on the width:height aspect, multiples of ``multiple``, never
+    larger than width x height (short sides larger than the source give the source's own size)."""
+    if short_side >= min(width, height):
+        return floor_to_multiple(width, 2), floor_to_multiple(height, 2)
+    scale = short_side / min(width, height)
+    return floor_to_multiple(width * scale, multiple), floor_to_multiple(height * scale, multiple)
+
+
+def driving_plan(shape, reference_size: tuple[int, int] | None = None, every_nth: int = 1, max_frames: int = 0,
+                 skip_first: int = 0, short_side: int = 0, mode: str = "crop", multiple: int = 16) -> dict:
+    """What Prepare Driving Video does to a (T, H, W, C) video, before touching a pixel.
+
+    ``crop``: centre crop to the reference's aspect (One-to-All's ``resizecrop``); ``keep``: the
+    video's own framing (UniAnimate: the official x/y ratios absorb the aspect); ``pad`` /
+    ``stretch``: letterbox / plain resize to the reference's aspect. ``short_side`` 0 keeps the
+    video's own pixels (a crop at its own size, sides made even); a short side is never upsized.
+    Returns {"indices", "box": (x0, y0, w, h) of the crop, "size": (W, H), "resize": bool}.
+    """
+    if mode not in FIT_MODES:
+        raise FrameError(f"fit mode must be one of {', '.join(FIT_MODES)}, got {mode!r}")
+    t, h, w = (int(v) for v in shape[:3])
+    indices = select_indices(t, every_nth, max_frames, skip_first)
+    ref_w, ref_h = reference_size if reference_size and mode != "keep" else (w, h)
+    box = (0, 0, w, h)
+    if mode == "crop":
+        box = crop_box_for_aspect(w, h, ref_w, ref_h)
+    bw, bh = box[2], box[3]
+    if mode in ("crop", "keep"):
+        if short_side:
+            size = _short_side_size(bw, bh, short_side, multiple)
+        else:
+            size = (even_floor(bw), even_floor(bh))
+            if size != (bw, bh):  # trim the odd last row / column: a view, no resampling
+                box = (box[0], box[1], size[0], size[1])
+    else:  # pad / stretch: the reference's aspect at the video's own scale
+        if mode == "pad":  # a canvas of the reference's aspect whose long side is the video's long side
+            side = max(w, h)
+            cw, ch = (side, side * ref_h / ref_w) if ref_w >= ref_h else (side * ref_w / ref_h, side)
+        else:
+            cw = (w * h * ref_w / ref_h) ** 0.5
+            ch = w * h / cw
+        size = _short_side_size(int(cw), int(ch), short_side, multiple) if short_side else (even_floor(cw), even_floor(ch))
+    resize = mode in ("pad", "stretch") or size != (box[2], box[3])
+    return {"indices": indices, "box": box, "size": size, "resize": resize}
+
+
+def _selected(arr, indices: list[int]):
+    """Frames ``indices`` (an arithmetic run) as a view when possible."""
+    if len(indices) == 1:
+        return arr[indices[0]:indices[0] + 1]
+    step = indices[1] - indices[0]
+    return arr[indices[0]:indices[-1] + 1:step]
+
+
 def prepare_driving(frames, reference_size: tuple[int, int] | None = None, every_nth: int = 1,
                     max_frames: int = 0, skip_first: int = 0, short_side: int = 0, mode: str = "crop",
                     multiple: int = 16) -> np.ndarray:
-    """Driving video -> frames the pose stage and the models expect.
+    """Driving video -> (T, H, W, 3) uint8 frames for the pose detector (see ``driving_plan``).
 
-    Selects frames, then crops/resizes them to the reference's aspect ratio (``reference_size``
-    = (W, H) of the reference image; None keeps the video's own aspect) at a size that is a
-    multiple of ``multiple``; ``short_side`` 0 keeps the reference's own scale.
-    """
-    frames = to_uint8_rgb(frames, "driving video")
-    frames = frames[select_indices(len(frames), every_nth, max_frames, skip_first)]
-    h, w = frames.shape[1:3]
-    ref_w, ref_h = reference_size or (w, h)
-    if short_side:
-        out_w, out_h = size_for_short_side(ref_w, ref_h, short_side, multiple)
-    else:
-        out_w, out_h = floor_to_multiple(ref_w, multiple), floor_to_multiple(ref_h, multiple)
-    return fit_frames(frames, out_w, out_h, mode)
+    Frames are converted and resized a few at a time, so the peak is the uint8 result."""
+    arr = _as_array_4d(frames, "driving video")
+    plan = driving_plan(arr.shape, reference_size, every_nth, max_frames, skip_first, short_side, mode, multiple)
+    x0, y0, bw, bh = plan["box"]
+    width, height = plan["size"]
+    selected = _selected(arr, plan["indices"])
+    check_memory(len(plan["indices"]) * width * height * 3, "Prepare Driving Video", f"{len(plan['indices'])} frames at {width}x{height}")
+    out = np.empty((len(plan["indices"]), height, width, 3), np.uint8)
+    done = 0
+    for chunk in iter_uint8_chunks(selected, what="driving video"):
+        for frame in chunk:
+            crop = frame[y0:y0 + bh, x0:x0 + bw]
+            out[done] = fit_image(crop, width, height, "pad" if mode == "pad" else "stretch") if plan["resize"] else crop
+            done += 1
+    return out
+
+
+def prepare_driving_image(images, reference_size: tuple[int, int] | None = None, every_nth: int = 1,
+                          max_frames: int = 0, skip_first: int = 0, short_side: int = 0, mode: str = "crop",
+                          multiple: int = 16):
+    """The same on a ComfyUI IMAGE: a view of the input (no copy) whenever no resampling is needed,
+    else a float32 IMAGE filled a few frames at a time."""
+    torch = _torch()
+    images = images if hasattr(images, "detach") else torch.from_numpy(np.asarray(images))
+    arr = _as_array_4d(images, "driving video")
+    plan = driving_plan(arr.shape, reference_size, every_nth, max_frames, skip_first, short_side, mode, multiple)
+    x0, y0, bw, bh = plan["box"]
+    width, height = plan["size"]
+    selected = _selected(arr, plan["indices"])
+    if not plan["resize"] and arr.shape[-1] == 3 and arr.dtype == torch.float32:
+        return selected[:, y0:y0 + bh, x0:x0 + bw, :]
+    count = len(plan["indices"])
+    check_memory(count * width * height * 3 * 4, "Prepare Driving Video", f"{count} frames at {width}x{height}")
+    out = torch.empty((count, height, width, 3), dtype=torch.float32)
+    done = 0
+    for chunk in iter_uint8_chunks(selected, what="driving video"):
+        crops = [f[y0:y0 + bh, x0:x0 + bw] for f in chunk]
+        if plan["resize"]:
+            crops = [fit_image(c, width, height, "pad" if mode == "pad" else "stretch") for c in crops]
+        out[done:done + len(crops)] = torch.from_numpy(np.stack(crops)).float().div_(255.0)
+        done += len(crops)
+    return out
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the OS can still give (Linux MemAvailable; psutil elsewhere; None if unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - unknown platform: no check
+        return None
+
+
+class NotEnoughMemoryError(MemoryError):
+    """An allocation the machine cannot hold, refused before it is tried."""
+
+
+def check_memory(nbytes: int, node: str, what: str) -> None:
+    """Refuse an allocation larger than the free memory with a message naming the node and the size."""
+    free = available_memory()
+    if free is not None and nbytes > free:
+        raise NotEnoughMemoryError(
+            f"{node}: {what} need {nbytes / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of memory is free. "
+            "Use fewer frames (max_frames, select_every_nth), a smaller size (width/height or short_side), "
+            "or a smaller reference image.")
+
+
+def image_from_chunks(chunks, count: int, width: int, height: int, node: str):
+    """uint8 (T_i, H, W, 3) chunks -> one ComfyUI IMAGE, allocated once (no uint8 copy of the whole video)."""
+    torch = _torch()
+    check_memory(count * width * height * 3 * 4, node, f"{count} frames at {width}x{height}")
+    out = torch.empty((count, height, width, 3), dtype=torch.float32)
+    done = 0
+    for chunk in chunks:
+        out[done:done + len(chunk)] = torch.from_numpy(np.ascontiguousarray(chunk)).float().div_(255.0)
+        done += len(chunk)
+    if done != count:
+        raise FrameError(f"{node}: produced {done} frames, expected {count}")
+    return out
+
+
+def check_even_size(width: int, height: int, node: str) -> None:
+    """Video encoders (libx264, ComfyUI's SaveVideo) refuse odd sizes: say so where the size is chosen."""
+    if width % 2 or height % 2:
+        raise FrameError(f"{node}: {width}x{height} has an odd side, and video encoders (libx264) refuse odd sizes; "
+                         f"use {even_floor(width)}x{even_floor(height)} (or 0 for the working size, always a multiple of 16).")
