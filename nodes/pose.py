@@ -173,15 +173,24 @@ class AlignPoses:
 
         driving = keypoints.frames_from_pose_keypoint(driving_poses)
         reference = keypoints.frames_from_pose_keypoint(reference_pose)[0]
-        ref_img = None if reference_image is None else frames.to_uint8_rgb(reference_image, "reference_image")[0]
+        warps = mode == "one_to_all_pose"  # the only mode that reads the picture's pixels
+        ref_img = frames.to_uint8_rgb(reference_image, "reference_image")[0] if warps and reference_image is not None else None
         if not auto_anchor and anchor_frame >= len(driving):
             raise ValueError(f"anchor_frame {anchor_frame} is past the last driving frame ({len(driving) - 1})")
         anchor = align.AUTO_ANCHOR if auto_anchor else anchor_frame
         result = align.align_poses(driving, reference, mode, ref_img, anchor, rescale=bool(rescale_limbs))
-        image = result.reference_image
-        if image is None:
-            image = np.zeros((reference.height, reference.width, 3), np.uint8)
-        mask = result.mask if result.mask is not None else np.zeros(image.shape[:2], np.float32)
+        if warps:
+            image_out = frames.to_image_tensor(result.reference_image[None])
+        elif reference_image is not None and reference_image.shape[-1] == 3:
+            image_out = reference_image  # unchanged: handed on, no float copy of a 12-megapixel picture
+        elif reference_image is not None:
+            image_out = frames.to_image_tensor(frames.to_uint8_rgb(reference_image, "reference_image")[:1])
+        else:
+            image_out = torch.zeros(1, 1, 1, 3).expand(1, reference.height, reference.width, 3)
+        if result.mask is not None:
+            mask = torch.from_numpy(np.ascontiguousarray(result.mask, np.float32))[None]
+        else:  # nothing to outpaint: an all-zero mask of the reference's size that costs no memory
+            mask = torch.zeros(1, 1, 1).expand(1, int(image_out.shape[1]), int(image_out.shape[2]))
         pose_image = result.reference_pose_image
         if pose_image is None:  # the mode's own style at its working size (UniAnimate: the official canvas)
             style = stage.STYLE_FOR_MODE[mode]
@@ -190,8 +199,8 @@ class AlignPoses:
         return (
             keypoints.frames_to_pose_keypoint(result.frames),
             keypoints.frames_to_pose_keypoint([result.reference_pose]),
-            frames.to_image_tensor(image[None]),
-            torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None],
+            image_out,
+            mask,
             frames.to_image_tensor(pose_image[None]),
         )
 

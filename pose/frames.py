@@ -33,23 +33,30 @@ def _as_array_4d(images, what: str):
     return arr
 
 
+_BLOCK_VALUES = 1 << 22  # float values converted at once (16 MB): bounds the temporaries for any frame size
+
+
 def _chunk_to_uint8(chunk, scale: float) -> np.ndarray:
     """One chunk (torch or numpy, any dtype) -> uint8 RGB; ``scale`` maps values to 0..255."""
     if hasattr(chunk, "detach"):
         chunk = chunk.detach().cpu()
         chunk = chunk.numpy() if chunk.dtype != _torch().bfloat16 else chunk.float().numpy()
-    if chunk.shape[-1] == 1:
-        chunk = np.repeat(chunk, 3, axis=-1)
-    elif chunk.shape[-1] == 4:
+    if chunk.shape[-1] == 4:
         chunk = chunk[..., :3]
     if chunk.dtype == np.uint8:
-        return np.ascontiguousarray(chunk)
-    arr = np.array(chunk, np.float32)  # the one float temporary, worked on in place
-    np.nan_to_num(arr, copy=False, nan=0.0, posinf=255.0 / scale, neginf=0.0)
-    arr *= scale
-    np.rint(arr, out=arr)
-    np.clip(arr, 0, 255, out=arr)
-    return arr.astype(np.uint8)
+        out = np.ascontiguousarray(chunk)
+    else:
+        out = np.empty(chunk.shape, np.uint8)
+        rows = max(1, _BLOCK_VALUES // max(1, chunk.shape[2] * chunk.shape[3]))
+        for f in range(chunk.shape[0]):  # row blocks of each frame: views in, one small float temporary
+            for r in range(0, chunk.shape[1], rows):
+                arr = np.array(chunk[f, r:r + rows], np.float32)
+                arr[~np.isfinite(arr)] = 0.0
+                arr *= scale
+                np.rint(arr, out=arr)
+                np.clip(arr, 0, 255, out=arr)
+                out[f, r:r + rows] = arr
+    return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
 
 
 def _torch():
@@ -293,7 +300,9 @@ def prepare_driving_image(images, reference_size: tuple[int, int] | None = None,
         crops = [f[y0:y0 + bh, x0:x0 + bw] for f in chunk]
         if plan["resize"]:
             crops = [fit_image(c, width, height, "pad" if mode == "pad" else "stretch") for c in crops]
-        out[done:done + len(crops)] = torch.from_numpy(np.stack(crops)).float().div_(255.0)
+        part = out[done:done + len(crops)]
+        part.copy_(torch.from_numpy(np.stack(crops)))
+        part.div_(255.0)
         done += len(crops)
     return out
 
@@ -336,7 +345,9 @@ def image_from_chunks(chunks, count: int, width: int, height: int, node: str):
     out = torch.empty((count, height, width, 3), dtype=torch.float32)
     done = 0
     for chunk in chunks:
-        out[done:done + len(chunk)] = torch.from_numpy(np.ascontiguousarray(chunk)).float().div_(255.0)
+        part = out[done:done + len(chunk)]
+        part.copy_(torch.from_numpy(np.ascontiguousarray(chunk)))  # uint8 -> float32 in place, no temporary
+        part.div_(255.0)
         done += len(chunk)
     if done != count:
         raise FrameError(f"{node}: produced {done} frames, expected {count}")
