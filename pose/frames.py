@@ -3,8 +3,14 @@
 ComfyUI hands us IMAGE batches (T, H, W, C) float 0..1 as torch tensors; the pose
 stack works on uint8 RGB numpy arrays. This module converts between the two,
 accepts what users really feed (RGBA, grayscale, a single image), and does the
-driving-video preparation: every n-th frame, a frame cap, crop/resize to the
-reference's aspect ratio at sizes that are multiples of 16.
+driving-video preparation: every n-th frame, a frame cap, the framing each model
+expects (One-to-All: crop to the reference's aspect; UniAnimate: the video as it is).
+
+Real sizes rule the design: a 300-frame 1080x1920 IMAGE is 7.5 GB of float32, so nothing
+here copies it whole. Conversions run a few frames (and row blocks) at a time, driving
+frames are never upsized (a crop without resampling is a view of the input), outputs are
+allocated once and filled in place, and allocations larger than the free memory are
+refused up front with the node's name.
 """
 from __future__ import annotations
 
@@ -66,18 +72,18 @@ def _torch():
 
 
 def _value_scale(arr) -> float:
-    """255 for 0..1 floats, 1 for uint8 or floats already in 0..255 (max read without a copy)."""
-    if arr.dtype in (np.uint8,) or str(arr.dtype) == "torch.uint8":
+    """255 for 0..1 floats and booleans, 1 for integers or floats already in 0..255 (the maximum is
+    read without copying the video)."""
+    kind = str(arr.dtype).replace("torch.", "")
+    if kind == "bool":
+        return 255.0
+    if not (kind.startswith("float") or kind.startswith("bfloat")):
         return 1.0
     if hasattr(arr, "detach"):
-        top = float(_torch().nan_to_num(arr.amax().float(), nan=0.0)) if arr.is_floating_point() else float(arr.max())
-        integer = not arr.is_floating_point()
+        top = float(_torch().nan_to_num(arr.amax().float(), nan=0.0))
     else:
-        top = float(np.nanmax(arr)) if np.issubdtype(arr.dtype, np.floating) else float(arr.max())
-        integer = np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_
-    if arr.dtype == np.bool_ or str(arr.dtype) == "torch.bool":
-        return 255.0
-    return 1.0 if integer or top > 1.0 + 1e-3 else 255.0
+        top = float(np.nan_to_num(np.fmax.reduce(arr, axis=None)))  # NaN-skipping, no copy
+    return 1.0 if top > 1.0 + 1e-3 else 255.0
 
 
 def to_uint8_rgb(images, what: str = "images") -> np.ndarray:
