@@ -123,3 +123,19 @@ def test_huge_references_are_detected_at_a_capped_size_and_retried_smaller():
     assert shy.seen == [(720, 1280), (360, 640)] and info["detected_at"] == [360, 640]
     assert (found.width, found.height) == (720, 1280) and found.num_people == 1
     np.testing.assert_allclose(found.people[0], sample_media.standing_person(), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["pose_alignment", "unianimate", "one_to_all_animation"])
+def test_ui_workflow_links_point_at_the_right_slots(name):
+    """Every link of the UI graph is listed at both ends, at the slot index it names (the frontend
+    connects by index)."""
+    ui = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    ids = {link[0] for link in ui["links"]}
+    for lid, src, slot, dst, dst_slot, _ in ui["links"]:
+        assert nodes[dst]["inputs"][dst_slot]["link"] == lid, (name, lid)
+        assert lid in (nodes[src]["outputs"][slot].get("links") or []), (name, lid)
+    for node in ui["nodes"]:
+        for inp in node.get("inputs", []):
+            assert inp["link"] is None or inp["link"] in ids, (name, node["id"], inp)
+    assert ui["last_link_id"] >= max(ids)
