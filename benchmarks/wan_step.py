@@ -34,7 +34,8 @@ load_pack()
 
 from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel  # noqa: E402
 
-from poseanimate.models.wan import attention, offload, scheduler  # noqa: E402
+from poseanimate.models.runtime import placement as offload  # noqa: E402
+from poseanimate.models.wan import attention, scheduler  # noqa: E402
 
 WAN14B_T2V = dict(
     patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
@@ -264,7 +265,7 @@ def gpu_figures(cfg: dict = WAN14B_T2V, latent_shape=(1, 16, 21, 60, 104), devic
         put("blockswap_max_abs_dev", float((swap_out - reference).abs().max()))
 
         # fp8 weight storage (blocks' Linear layers, per-layer scale), compute in bf16.
-        from poseanimate.models.wan.fp8 import convert_to_fp8
+        from poseanimate.models.runtime.fp8 import convert_to_fp8
 
         convert_to_fp8(model)
         if is_cuda:

@@ -15,8 +15,8 @@ from poseanimate.models.unianimate import transformer as tr
 from poseanimate.models.unianimate.pose_modules import (PoseEncoders, comfy_image_to_pose_pixels,
                                                          official_pose_video_to_frames)
 from poseanimate.models.wan.attention import install_attention
-from poseanimate.models.wan.fp8 import FP8Linear
-from poseanimate.models.wan.state_dict import WanWeightsError
+from poseanimate.models.runtime.fp8 import FP8Linear
+from poseanimate.models.runtime.weights import WanWeightsError
 
 REF = REFERENCE / "unianimate_dit"
 DIM = ut.TINY_UA_DIT["dim"]

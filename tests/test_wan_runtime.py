@@ -6,8 +6,12 @@ import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
+from poseanimate.models.runtime import attention as rt_attn
 from poseanimate.models.wan import attention as attn_mod
-from poseanimate.models.wan import offload, precision, scheduler, text, vae_tiling
+from poseanimate.models.runtime import placement as offload
+from poseanimate.models.wan import model as wan_model
+from poseanimate.models.runtime import precision
+from poseanimate.models.wan import scheduler, text, vae_tiling
 
 FIX = __import__("pathlib").Path(__file__).resolve().parent / "fixtures" / "reference"
 
@@ -193,29 +197,29 @@ def test_install_keeps_custom_processors():
 
 def test_backend_selection_and_fallback(monkeypatch):
     with pytest.raises(ValueError, match="Unknown attention backend"):
-        attn_mod.select_backend("xformers2")
-    assert attn_mod.select_backend("sdpa").name == "sdpa"
+        rt_attn.select_backend("xformers2")
+    assert rt_attn.select_backend("sdpa").name == "sdpa"
     if not torch.cuda.is_available():
-        assert attn_mod.available_backends() == ["sdpa"]
-        assert attn_mod.select_backend("flash_attn").name == "sdpa"
+        assert rt_attn.available_backends() == ["sdpa"]
+        assert rt_attn.select_backend("flash_attn").name == "sdpa"
     # A kernel is only used where it applies (CUDA fp16/bf16); elsewhere SDPA answers.
     calls = []
-    fake = attn_mod.AttentionBackend("fake", lambda q, k, v: calls.append(1) or q)
+    fake = rt_attn.AttentionBackend("fake", lambda q, k, v: calls.append(1) or q)
     q = torch.randn(1, 5, 2, 8)
-    out = attn_mod.attention(q, q, q, fake)
+    out = rt_attn.attention(q, q, q, fake)
     ref = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), q.transpose(1, 2), q.transpose(1, 2)).transpose(1, 2)
     assert not calls and torch.allclose(out, ref)
-    sage = attn_mod.AttentionBackend("sageattention", lambda q, k, v: q)
+    sage = rt_attn.AttentionBackend("sageattention", lambda q, k, v: q)
     assert not sage.applies(torch.zeros(1, 2, 2, 128))  # CPU tensor
-    assert not attn_mod.AttentionBackend("sdpa").applies(q)
+    assert not rt_attn.AttentionBackend("sdpa").applies(q)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and flash-attn/sageattention")
 def test_fast_backends_match_sdpa_on_gpu():
     q, k, v = (torch.randn(1, 1024, 4, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    ref = attn_mod.attention(q, k, v, attn_mod.AttentionBackend())
-    for name in attn_mod.available_backends()[1:]:
-        got = attn_mod.attention(q, k, v, attn_mod.select_backend(name))
+    ref = rt_attn.attention(q, k, v, rt_attn.AttentionBackend())
+    for name in rt_attn.available_backends()[1:]:
+        got = rt_attn.attention(q, k, v, rt_attn.select_backend(name))
         tol = 0.05 if name == "sageattention" else 0.02
         assert (got.float() - ref.float()).abs().max() < tol, name
 
@@ -284,7 +288,7 @@ def test_block_swap_without_prefetch_loads_on_demand():
 
 
 def test_block_swap_streams_fp8_layers_with_their_scales():
-    from poseanimate.models.wan.fp8 import convert_to_fp8
+    from poseanimate.models.runtime.fp8 import convert_to_fp8
 
     model = tiny_transformer().to(torch.bfloat16)
     convert_to_fp8(model)
@@ -305,13 +309,13 @@ def test_prepare_and_release_transformer():
     x, t, ctx = tiny_inputs()
     with torch.no_grad():
         ref = model(x, t, ctx, return_dict=False)[0]
-        offload.prepare_transformer(model, "cpu", "auto", blocks_to_swap=2)
+        wan_model.prepare_transformer(model, "cpu", "auto", blocks_to_swap=2)
         assert model.poseanimate_attention.name == "sdpa" and model.poseanimate_block_swap.num_swapped == 2
         assert torch.allclose(model(x, t, ctx, return_dict=False)[0], ref, atol=1e-5)
-    offload.release_transformer(model)
+    wan_model.release_transformer(model)
     assert not model.poseanimate_block_swap._loaded
     assert model.blocks[0].attn1.processor.rope_cache._freqs is None
-    offload.prepare_transformer(model, "cpu", "sdpa", blocks_to_swap=0)  # swap removed again
+    wan_model.prepare_transformer(model, "cpu", "sdpa", blocks_to_swap=0)  # swap removed again
     assert model.poseanimate_block_swap is None and not model.blocks[3]._forward_pre_hooks
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..wan.loading import convert_transformer_state_dict, transformer_from_state_dict
-from ..wan.state_dict import WanWeightsError, read_state_dict
+from ..runtime.weights import WanWeightsError, read_state_dict
 from .transformer import OneToAllTransformer
 
 __all__ = ["load_one_to_all", "one_to_all_from_state_dict", "one_to_all_extra_config", "read_one_to_all_weights",
@@ -154,22 +154,15 @@ def _folder_heads(path: Path) -> int | None:
     return None
 
 
-def load_one_to_all(path, dtype=torch.bfloat16, device="cpu", weight_dtype=None, block_swap: int = 0,
+def load_one_to_all(path, dtype=torch.bfloat16, device="cpu", weight_dtype=None,
                     num_attention_heads: int | None = None) -> OneToAllTransformer:
     """The One-to-All transformer in ``path`` (folder of shards, index JSON or single file).
 
     ``dtype``: compute / storage dtype (bf16 default); ``weight_dtype=torch.float8_e4m3fn`` stores
-    the blocks' Linear weights in fp8. ``block_swap`` > 0 loads on the CPU and streams that many
-    main blocks to ``device`` during the forward (``models.wan.offload.apply_block_swap``);
-    otherwise the model is placed on ``device``."""
+    the blocks' Linear weights in fp8. Placement (block swap included) is the runtime's prepare
+    step (``OneToAllModel.prepare``), as for every family."""
     path = Path(path)
     heads = num_attention_heads or _folder_heads(path)
-    load_device = "cpu" if block_swap and block_swap > 0 else device
-    sd = read_one_to_all_weights(path, device=load_device)
-    model = one_to_all_from_state_dict(sd, dtype=dtype, device=load_device, weight_dtype=weight_dtype,
-                                       num_attention_heads=heads, source=path.name, consume=True)
-    if block_swap and block_swap > 0:
-        from ..wan.offload import apply_block_swap
-
-        apply_block_swap(model, int(block_swap), device)
-    return model
+    sd = read_one_to_all_weights(path, device=device)
+    return one_to_all_from_state_dict(sd, dtype=dtype, device=device, weight_dtype=weight_dtype,
+                                      num_attention_heads=heads, source=path.name, consume=True)

@@ -33,7 +33,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ...pose.frames import RESOLUTIONS, size_for_resolution, to_uint8_rgb
+from ..runtime.images import RESOLUTIONS, size_for_resolution, to_uint8_rgb
+from ..runtime.lifecycle import RuntimeOptions, SampleResult
+from ..wan.model import WanModel
 from ..wan.scheduler import FlowMatchEuler, seeded_noise
 from .chunks import OVERLAP_FRAMES, ChunkPlan, pad_frames, plan_chunks
 from .guidance import Conditions, empty_reference_latents, guidance_plan, guided_velocity
@@ -52,19 +54,33 @@ class OneToAllInputError(ValueError):
 
 
 @dataclass
-class OneToAllModel:
-    """What the loader node hands to the sampler: the transformer, its compute dtype and device."""
+class OneToAllModel(WanModel):
+    """What the loader node hands to the sampler: the transformer, its compute dtype, device and
+    runtime options (attention, block swap, ...; life cycle in models/runtime/lifecycle.py)."""
 
     transformer: torch.nn.Module
     dtype: torch.dtype = torch.float32
     device: torch.device | str = "cpu"
     name: str = ""
+    offload_device: torch.device | str = "cpu"
+    options: RuntimeOptions = field(default_factory=lambda: RuntimeOptions(offload_after_run=False))
+    info: dict = field(default_factory=dict)
 
-    def release(self) -> None:
-        """After a run or an interrupt: drop swap prefetches / attention caches, free cached memory."""
-        from ..wan.offload import release_transformer
+    def progress_total(self, num_frames: int, steps: int) -> int:
+        return total_steps(num_frames, steps)
 
-        release_transformer(self.transformer)
+    def transformer_calls(self, num_frames: int, steps: int, image_guidance_scale: float = 2.0,
+                          pose_guidance_scale: float = 1.5) -> int:
+        """Transformer forwards of a run: chunks x steps x calls per step of the guidance plan."""
+        calls = len(guidance_plan(image_guidance_scale, pose_guidance_scale).calls)
+        return total_steps(num_frames, steps) * calls
+
+    def sample(self, vae, embeds, reference_image, pose_frames, reference_pose, mask=None, **kwargs) -> SampleResult:
+        """:func:`sample_one_to_all` between ``prepare`` and ``release``, as the runtime's one result type."""
+        with self.running():
+            result = sample_one_to_all(self, vae, embeds, reference_image, pose_frames, reference_pose, mask,
+                                       **kwargs)
+        return SampleResult(result.frames_float(), result.latent(), kwargs.get("seed"), info=dict(result.info))
 
 
 @dataclass

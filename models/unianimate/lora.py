@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..wan.fp8 import FP8Linear, dequantize_weight, quantize_weight
+from ..runtime.fp8 import FP8Linear, dequantize_weight, quantize_weight
 from ..wan.layouts import rename_transformer_key
-from ..wan.state_dict import WanWeightsError, read_state_dict
+from ..runtime.weights import WanWeightsError, read_state_dict
 
 POSE_MODULE_PREFIXES = ("dwpose_embedding.", "randomref_embedding_pose.")
 UNIANIMATE_HINT = ("pick UniAnimate-Wan2.1-14B-Lora-12000.ckpt (ali-vilab/UniAnimate-DiT) or its "

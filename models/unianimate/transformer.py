@@ -16,9 +16,10 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from ..wan import loading
-from ..wan.attention import TEXT_CONTEXT_LENGTH, attention
-from ..wan.fp8 import FP8_DTYPES, convert_to_fp8, default_fp8_filter
-from ..wan.state_dict import WanWeightsError, read_state_dict
+from ..runtime.attention import attention
+from ..wan.attention import TEXT_CONTEXT_LENGTH
+from ..runtime.fp8 import FP8_DTYPES, convert_to_fp8, default_fp8_filter
+from ..runtime.weights import WanWeightsError, read_state_dict
 from .lora import LoRAWeights, UniAnimateFile, apply_lora, read_lora_file, read_unianimate_file
 from .pose_modules import PoseEncoders
 

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import torch
 
-from .offload import Placement
+from ..runtime.placement import Placement
 
 
 @dataclass(frozen=True)
