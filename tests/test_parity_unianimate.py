@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from paths import REFERENCE
-from poseanimate.models.unianimate.lora import LoRAWeights, UniAnimateFile, read_unianimate_file
+from poseanimate.models.runtime.lora import LoRAWeights
+from poseanimate.models.unianimate.lora import UniAnimateFile, read_unianimate_file
 from poseanimate.models.unianimate.pose_modules import official_pose_video_to_frames
 from poseanimate.models.unianimate.transformer import UniAnimateTransformer, unianimate_from_state_dicts
 from poseanimate.models.runtime.weights import read_state_dict

@@ -18,7 +18,7 @@ from poseanimate.models.unianimate import pipeline as pl
 from poseanimate.models.unianimate import windows as win
 from poseanimate.models.unianimate.pose_modules import official_pose_video_to_frames
 from poseanimate.models.unianimate.transformer import load_unianimate
-from poseanimate.models.wan.scheduler import FlowMatchEuler
+from poseanimate.models.unianimate.schedule import unianimate_scheduler
 from poseanimate.models.wan.text import WanPromptEmbeds
 
 REF = REFERENCE / "unianimate_dit"
@@ -75,7 +75,7 @@ def test_window_plan_short_and_private_frames():
 def test_scheduler_matches_schedule_golden():
     for key, case in SCHEDULES["scheduler"].items():
         steps = int(key.split("_")[0].removeprefix("steps"))
-        sched = FlowMatchEuler.unianimate(steps)
+        sched = unianimate_scheduler(steps)
         assert torch.allclose(sched.timesteps, torch.tensor(case["timesteps"]), atol=1e-3)
 
 

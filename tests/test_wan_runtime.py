@@ -11,6 +11,8 @@ from poseanimate.models.wan import attention as attn_mod
 from poseanimate.models.runtime import placement as offload
 from poseanimate.models.wan import model as wan_model
 from poseanimate.models.runtime import precision
+from poseanimate.models.one_to_all.schedule import one_to_all_scheduler
+from poseanimate.models.unianimate.schedule import unianimate_scheduler
 from poseanimate.models.wan import scheduler, text, vae_tiling
 
 FIX = __import__("pathlib").Path(__file__).resolve().parent / "fixtures" / "reference"
@@ -36,7 +38,7 @@ def tiny_inputs(seed=1, frames=3, size=8, ctx=512):
 # ----------------------------------------------------------------------------- scheduler
 def test_one_to_all_schedule_matches_reference_bit_for_bit():
     ref = json.loads((FIX / "one_to_all" / "schedule_and_chunks.json").read_text())["scheduler"]
-    sch = scheduler.FlowMatchEuler.one_to_all(30)
+    sch = one_to_all_scheduler(30)
     assert torch.equal(sch.sigmas, torch.tensor(ref["sigmas"], dtype=torch.float32))
     assert torch.equal(sch.timesteps, torch.tensor(ref["timesteps"], dtype=torch.float32))
     assert sch.timesteps[0] == 1000.0 and abs(float(sch.timesteps[-1]) - 46.75572205) < 1e-5
@@ -46,7 +48,7 @@ def test_one_to_all_schedule_matches_reference_bit_for_bit():
 def test_unianimate_schedule_matches_reference_bit_for_bit(key):
     ref = json.loads((FIX / "unianimate_dit" / "schedule_and_windows.json").read_text())["scheduler"][key]
     steps = int(key.split("steps")[1].split("_")[0])
-    sch = scheduler.FlowMatchEuler.unianimate(steps)
+    sch = unianimate_scheduler(steps)
     assert torch.equal(sch.sigmas[:-1], torch.tensor(ref["sigmas"], dtype=torch.float32))
     assert sch.sigmas[-1] == 0.0
     assert torch.equal(sch.timesteps, torch.tensor(ref["timesteps"], dtype=torch.float32))
@@ -57,7 +59,7 @@ def test_unianimate_schedule_matches_reference_bit_for_bit(key):
 def test_step_equals_diffusers_flow_match_euler(steps, dtype):
     ref = FlowMatchEulerDiscreteScheduler(shift=7.0, num_train_timesteps=1000, use_dynamic_shifting=False)
     ref.set_timesteps(steps)
-    ours = scheduler.FlowMatchEuler.one_to_all(steps)
+    ours = one_to_all_scheduler(steps)
     assert torch.equal(ref.sigmas, ours.sigmas) and torch.equal(ref.timesteps, ours.timesteps)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, 4, 3, 4, 4, generator=g).to(dtype)
@@ -73,7 +75,7 @@ def test_sampling_with_exact_flow_reaches_the_clean_sample():
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(1, 4, 5, 6, 6, generator=g)
     noise = torch.randn(x0.shape, generator=g)
-    for sch in (scheduler.FlowMatchEuler.one_to_all(9), scheduler.FlowMatchEuler.unianimate(9)):
+    for sch in (one_to_all_scheduler(9), unianimate_scheduler(9)):
         x = sch.add_noise(x0, noise, 0)
         for i in range(sch.num_steps):
             x = sch.step(x, noise - x0, i)
@@ -81,7 +83,7 @@ def test_sampling_with_exact_flow_reaches_the_clean_sample():
 
 
 def test_frozen_frames_are_not_stepped():
-    sch = scheduler.FlowMatchEuler.one_to_all(5)
+    sch = one_to_all_scheduler(5)
     x = torch.randn(1, 4, 6, 2, 2)
     v = torch.randn(1, 4, 6, 2, 2)
     out = sch.step(x, v, 1, frozen_frames=[0, 1])
@@ -128,8 +130,8 @@ def test_seeded_noise_is_bit_identical_and_seed_dependent():
 
 def test_scheduler_rejects_bad_arguments():
     with pytest.raises(ValueError, match="positive integer"):
-        scheduler.FlowMatchEuler.one_to_all(0)
-    sch = scheduler.FlowMatchEuler.unianimate(3)
+        one_to_all_scheduler(0)
+    sch = unianimate_scheduler(3)
     with pytest.raises(IndexError):
         sch.step(torch.zeros(1, 1, 1, 1, 1), torch.zeros(1, 1, 1, 1, 1), 3)
     with pytest.raises(ValueError, match="shape"):
@@ -556,7 +558,7 @@ def test_tiny_sampling_loop_is_bit_identical_per_seed():
     model = tiny_transformer()
     attn_mod.install_attention(model, "auto")
     _, _, ctx = tiny_inputs()
-    sch = scheduler.FlowMatchEuler.one_to_all(3)
+    sch = one_to_all_scheduler(3)
 
     def run(seed):
         x = scheduler.seeded_noise((1, 16, 2, 8, 8), seed)

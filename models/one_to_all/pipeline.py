@@ -36,7 +36,8 @@ import torch
 from ..runtime.images import RESOLUTIONS, size_for_resolution, to_uint8_rgb
 from ..runtime.lifecycle import RuntimeOptions, SampleResult
 from ..wan.model import WanModel
-from ..wan.scheduler import FlowMatchEuler, seeded_noise
+from ..wan.scheduler import FlowMatchDistilled, seeded_noise
+from .schedule import one_to_all_scheduler
 from .chunks import OVERLAP_FRAMES, ChunkPlan, pad_frames, plan_chunks
 from .guidance import Conditions, empty_reference_latents, guidance_plan, guided_velocity
 
@@ -230,7 +231,7 @@ def sample_one_to_all(
     width, height = output_size(ref.shape[1], ref.shape[0], resolution)
     plan = plan_chunks(len(poses))
     guidance = guidance_plan(image_guidance_scale, pose_guidance_scale, case1=case1)
-    scheduler = FlowMatchEuler.one_to_all(int(steps))
+    scheduler = one_to_all_scheduler(int(steps))
     work: dict = {}
     try:
         return _run(transformer, vae, embeds, ref, poses, ref_pose, mask, width, height, plan, guidance,

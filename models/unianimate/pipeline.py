@@ -38,9 +38,10 @@ from PIL import Image
 from ..runtime.images import FrameError, to_uint8_rgb
 from ..runtime.lifecycle import RuntimeOptions, SampleResult
 from ..wan.model import WanModel
-from ..wan.scheduler import FlowMatchEuler, make_generator
+from ..wan.scheduler import FlowMatchDistilled, FlowMatchEuler, make_generator
 from ..wan.text import WanPromptEmbeds
 from . import windows as win
+from .schedule import unianimate_scheduler
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -286,7 +287,7 @@ def denoise(transformer, pose_token_fn: Callable[[win.Window], torch.Tensor], co
     """
     num_latent = noise.shape[2]
     plan = win.plan_windows(num_latent, context_size, context_overlap)
-    sched = scheduler or FlowMatchEuler.unianimate(steps)
+    sched = scheduler or unianimate_scheduler(steps)
     if cfg != 1.0 and cond.context_neg is None:
         raise UniAnimateInputError("cfg != 1 needs the negative prompt embedding.")
     window_len = len(plan[0].frames)

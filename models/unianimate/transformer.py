@@ -20,7 +20,9 @@ from ..runtime.attention import attention
 from ..wan.attention import TEXT_CONTEXT_LENGTH
 from ..runtime.fp8 import FP8_DTYPES, convert_to_fp8, default_fp8_filter
 from ..runtime.weights import WanWeightsError, read_state_dict
-from .lora import LoRAWeights, UniAnimateFile, apply_lora, read_lora_file, read_unianimate_file
+from ..runtime.lora import LoRAWeights, read_lora_file
+from ..wan.lora_keys import apply_wan_lora
+from .lora import UniAnimateFile, read_unianimate_file
 from .pose_modules import PoseEncoders
 
 
@@ -133,10 +135,10 @@ def unianimate_from_state_dicts(base_sd: dict, unianimate: UniAnimateFile, dtype
     if pose.dim != width:
         raise WanWeightsError(f"{unianimate.source}: the pose module outputs {pose.dim} channels but the DiT is "
                               f"{width} wide; the released UniAnimate file is for Wan2.1-I2V-14B (5120)")
-    apply_lora(model, unianimate.lora, lora_scale, merge=merge, use_alpha=False)
+    apply_wan_lora(model, unianimate.lora, lora_scale, merge=merge, use_alpha=False)
     for item in extra_loras:
         lora, strength = _as_lora(item)
-        apply_lora(model, lora, strength, merge=merge, use_alpha=True)
+        apply_wan_lora(model, lora, strength, merge=merge, use_alpha=True)
     if quantize_after:
         convert_to_fp8(model, weight_dtype, default_fp8_filter)
     return model.eval().requires_grad_(False), pose
