@@ -102,11 +102,7 @@ class FlowMatchEuler:
         dt = (self.sigmas[i + 1] - self.sigmas[i]).to(velocity.device)
         out = sample.to(torch.float32) + dt * velocity
         out = out.to(out_dtype or velocity.dtype)
-        if frozen_frames is not None:
-            keep = frame_mask(sample.shape[2], frozen_frames, device=sample.device)
-            if keep.any():
-                out[:, :, keep] = sample[:, :, keep].to(out.dtype)
-        return out
+        return _keep_frozen(out, sample, frozen_frames)
 
     def add_noise(self, clean: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:
         """Flow-matching forward process at step ``index``: ``(1 - s) x0 + s * noise``."""
@@ -148,11 +144,16 @@ class FlowMatchDistilled(FlowMatchEuler):
             noise = torch.randn(out.shape, generator=self.generator, dtype=torch.float32).to(out.device)
             out = (1 - nxt) * out + nxt * noise
         out = out.to(out_dtype or velocity.dtype)
-        if frozen_frames is not None:
-            keep = frame_mask(sample.shape[2], frozen_frames, device=sample.device)
-            if keep.any():
-                out[:, :, keep] = sample[:, :, keep].to(out.dtype)
-        return out
+        return _keep_frozen(out, sample, frozen_frames)
+
+
+def _keep_frozen(out: torch.Tensor, sample: torch.Tensor, frozen_frames) -> torch.Tensor:
+    """``out`` with the latent frames listed in ``frozen_frames`` put back from ``sample``."""
+    if frozen_frames is not None:
+        keep = frame_mask(sample.shape[2], frozen_frames, device=sample.device)
+        if keep.any():
+            out[:, :, keep] = sample[:, :, keep].to(out.dtype)
+    return out
 
 
 def frame_mask(num_frames: int, frames: Sequence[int] | torch.Tensor, device=None) -> torch.Tensor:
