@@ -8,14 +8,17 @@ node file imports these instead of another family's node file.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 
 from ..models.runtime.attention import available_backends
 from ..models.runtime.lifecycle import RuntimeOptions
+from ..models.wan.scheduler import DISTILLED_STEPS, PRESETS
 from . import host
 
 NONE = "None"
+_log = logging.getLogger("PoseAnimate")
 
 
 def model_choices(kind: str, example: str) -> list[str]:
@@ -44,6 +47,21 @@ def runtime_inputs(max_blocks: int = 40) -> dict:
 def runtime_options(block_swap: int = 0, attention: str = "auto", **extra) -> RuntimeOptions:
     """RuntimeOptions from the values of :func:`runtime_inputs` (unknown keys go to ``extra``)."""
     return RuntimeOptions(attention=attention, blocks_to_swap=int(block_swap), extra=extra)
+
+
+def preset_input() -> tuple:
+    """The samplers' preset choice (models/wan/scheduler.py PRESETS)."""
+    lo, hi = DISTILLED_STEPS
+    return (list(PRESETS), {"default": "official",
+                            "tooltip": f"official: the model's own scheduler and guidance; distilled: for a step-distillation "
+                                       f"LoRA (lightx2v kind) in the loader: {lo}-{hi} steps, guidance off (one transformer "
+                                       f"call per step), the distilled timesteps (shift 5)"})
+
+
+def say_calls(family: str, calls: int, preset: str) -> None:
+    """Tell the user (console and ComfyUI's log) how many transformer calls the run will make."""
+    _log.info("PoseAnimate %s (%s preset): this run makes %d transformer calls.", family, preset, calls)
+    print(f"[PoseAnimate] {family} ({preset} preset): {calls} transformer calls")
 
 
 def lora_inputs(count: int, tooltip: str) -> dict:

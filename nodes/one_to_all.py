@@ -21,13 +21,15 @@ from ..models.one_to_all import pipeline
 from ..models.runtime import precision as wan_precision
 from ..pose import frames, keypoints, render
 from . import host
-from .common import model_choices, released_after_run, runtime_inputs, runtime_options
+from .common import (chosen_loras, lora_inputs, model_choices, preset_input, released_after_run, runtime_inputs,
+                     runtime_options, say_calls)
 from .wan import EMBEDS_TYPE, VAE_TYPE
 
 CATEGORY = "PoseAnimate/one_to_all"
 MODEL_TYPE = "POSEANIMATE_ONE_TO_ALL"
 REFERENCE_TYPE = "POSEANIMATE_ONE_TO_ALL_REFERENCE"
 DEFAULT_MODEL = "one_to_all_14b.safetensors"
+LORA_SLOTS = 2
 _SHARD = re.compile(r"-\d+-of-\d+\.(safetensors|sft)$", re.IGNORECASE)
 
 
@@ -45,7 +47,14 @@ class OneToAllLoader:
                 "weight_storage": (list(wan_precision.WEIGHT_STORAGE), {"default": "default",
                                                                          "tooltip": "fp8 stores the block weights in 8 bits (about half the VRAM)"}),
                 **runtime_inputs(),
-            }
+            },
+            "optional": {
+                **lora_inputs(LORA_SLOTS, "A Wan2.1-T2V LoRA (same size as the model: 14B or 1.3B) in models/loras, e.g. a "
+                                          "step-distillation LoRA for the sampler's distilled preset; lands on the main blocks"),
+                "lora_mode": (["merged", "unmerged"], {"default": "merged",
+                                                       "tooltip": "merged: added into the weights once (fastest); unmerged: "
+                                                                  "side branches over the (fp8) weights"}),
+            },
         }
 
     RETURN_TYPES = (MODEL_TYPE,)
@@ -53,7 +62,8 @@ class OneToAllLoader:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, model_name, precision="bf16", weight_storage="default", block_swap=0, attention="auto"):
+    def load(self, model_name, precision="bf16", weight_storage="default", block_swap=0, attention="auto",
+             lora_mode="merged", **slots):
         from ..models.one_to_all.loading import load_one_to_all
 
         dtype = wan_precision.dtype_from_name(precision)
@@ -61,9 +71,13 @@ class OneToAllLoader:
         path = host.resolve_model("diffusion_models", model_name)
         if _SHARD.search(path.name):
             path = path.parent  # one shard picked: the official release folder holds the rest
-        model = load_one_to_all(path, dtype=dtype, device="cpu", weight_dtype=weight_dtype)
+        loras = chosen_loras(slots, LORA_SLOTS)
+        model = load_one_to_all(path, dtype=dtype, device="cpu", weight_dtype=weight_dtype, loras=loras,
+                                merge=lora_mode == "merged")
         options = runtime_options(block_swap, attention)
-        return (pipeline.OneToAllModel(model.eval(), dtype, host.torch_device(), model_name, host.offload_device(), options),)
+        info = {"loras": [(p.name, s) for p, s in loras], "merged": lora_mode == "merged"}
+        return (pipeline.OneToAllModel(model.eval(), dtype, host.torch_device(), model_name, host.offload_device(),
+                                       options, info),)
 
 
 class OneToAllPrepareReference:
@@ -138,7 +152,8 @@ class OneToAllSampler:
                 "pose_guidance_scale": ("FLOAT", {"default": 1.5, "min": 1.0, "max": 10.0, "step": 0.1,
                                                   "tooltip": "Pose guidance (1 = off: two calls per step)"}),
                 "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
-            }
+            },
+            "optional": {"preset": preset_input()},
         }
 
     RETURN_TYPES = ("IMAGE", "LATENT")
@@ -147,15 +162,17 @@ class OneToAllSampler:
     CATEGORY = CATEGORY
 
     def sample(self, model, vae, embeds, reference, pose_images, resolution="480p", steps=30,
-               image_guidance_scale=2.0, pose_guidance_scale=1.5, seed=42):
+               image_guidance_scale=2.0, pose_guidance_scale=1.5, seed=42, preset="official"):
         poses = frames.to_uint8_rgb(pose_images, "pose_images")
         callback = host.step_callback(model.progress_total(len(poses), int(steps)))
+        say_calls("One-to-All", model.transformer_calls(len(poses), int(steps), image_guidance_scale,
+                                                         pose_guidance_scale, preset), preset)
         host.check_interrupt()
         with released_after_run(vae):
             result = model.sample(
                 vae, embeds, reference["image"], poses, reference["pose"], reference.get("mask"),
                 resolution=resolution, steps=int(steps), image_guidance_scale=float(image_guidance_scale),
-                pose_guidance_scale=float(pose_guidance_scale), seed=int(seed), callback=callback)
+                pose_guidance_scale=float(pose_guidance_scale), seed=int(seed), callback=callback, preset=preset)
         return (result.frames, result.latent)
 
 

@@ -20,8 +20,8 @@ from ..models.unianimate import windows as win
 from ..models.runtime import precision as wan_precision
 from ..pose import frames
 from . import host
-from .common import (chosen_loras, lora_inputs, model_choices, released_after_run, runtime_inputs,
-                     runtime_options)
+from .common import (chosen_loras, lora_inputs, model_choices, preset_input, released_after_run, runtime_inputs,
+                     runtime_options, say_calls)
 from .wan import CLIP_VISION_TYPE, EMBEDS_TYPE, VAE_TYPE
 
 CATEGORY = "PoseAnimate/unianimate"
@@ -143,6 +143,7 @@ class UniAnimateSampler:
                                          "tooltip": "Window length in latent frames (21 = 81 video frames, official)"}),
                 "context_overlap": ("INT", {"default": win.CONTEXT_OVERLAP, "min": win.PRIVATE_FRAMES, "max": 32,
                                             "tooltip": "Overlap between windows in latent frames (official 4)"}),
+                "preset": preset_input(),
             },
         }
 
@@ -153,19 +154,21 @@ class UniAnimateSampler:
 
     def sample(self, model, vae, clip_vision, embeds, reference_image, pose_images, reference_pose_image,
                resolution="480p", seed=0, steps=pipeline.DEFAULT_STEPS, cfg=pipeline.DEFAULT_CFG, clip_embeds=None,
-               context_size=win.CONTEXT_SIZE, context_overlap=win.CONTEXT_OVERLAP):
+               context_size=win.CONTEXT_SIZE, context_overlap=win.CONTEXT_OVERLAP, preset="official"):
         if context_overlap >= context_size:
             raise ValueError(f"context_overlap ({context_overlap}) must be smaller than context_size ({context_size}).")
         poses = frames.to_uint8_rgb(pose_images, "pose_images")
         total = model.progress_total(len(poses), int(steps), int(context_size), int(context_overlap))
         callback = host.step_callback(total)
+        say_calls("UniAnimate", model.transformer_calls(len(poses), int(steps), float(cfg), int(context_size),
+                                                        int(context_overlap), preset), preset)
         host.check_interrupt()
         with released_after_run(vae, clip_vision):
             result = model.sample(
                 vae, clip_vision, embeds, frames.to_uint8_rgb(reference_image, "reference_image")[0], poses,
                 frames.to_uint8_rgb(reference_pose_image, "reference_pose_image")[0], resolution=resolution,
                 seed=int(seed), steps=int(steps), cfg=float(cfg), context_size=int(context_size),
-                context_overlap=int(context_overlap), callback=callback, clip_embeds=clip_embeds)
+                context_overlap=int(context_overlap), callback=callback, clip_embeds=clip_embeds, preset=preset)
         return (result.frames, result.latent)
 
 

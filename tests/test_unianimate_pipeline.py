@@ -267,7 +267,7 @@ class _FakeClip(torch.nn.Module):
         return Out()
 
 
-def _generate(tiny_model, frames=6, seed=3, cfg=1.5, steps=2, context_size=21, callback=None, model_wrap=None):
+def _generate(tiny_model, frames=6, seed=3, cfg=1.5, steps=2, context_size=21, callback=None, model_wrap=None, **kw):
     model, encoders = tiny_model
     m = CONFIG["model"]
     rng = np.random.default_rng(0)
@@ -281,7 +281,7 @@ def _generate(tiny_model, frames=6, seed=3, cfg=1.5, steps=2, context_size=21, c
     clip = _FakeClip(CONFIG["clip_dim"])
     return pl.generate(um, _FakeVAE(), clip, embeds, ref, poses, ref_pose, seed=seed, steps=steps, cfg=cfg,
                        size=(48, 64), context_size=context_size, context_overlap=min(4, context_size - 1),
-                       callback=callback)
+                       callback=callback, **kw)
 
 
 def test_generate_short_and_seeds_are_bit_identical(tiny_model):

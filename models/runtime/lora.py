@@ -120,6 +120,25 @@ def read_lora_file(path) -> LoRAWeights:
     return parse_lora_state_dict(read_state_dict(path), source=path.name)
 
 
+def as_lora(item) -> tuple[LoRAWeights, float]:
+    """A LoRA list entry: a path, ``LoRAWeights``, or (either, strength)."""
+    strength = 1.0
+    if isinstance(item, (tuple, list)):
+        item, strength = item
+    if isinstance(item, LoRAWeights):
+        return item, float(strength)
+    return read_lora_file(item), float(strength)
+
+
+def merge_before_fp8(sd: dict, weight_dtype, merge: bool, has_loras: bool) -> bool:
+    """Whether to load full precision, merge the LoRAs, and only then store fp8: merging into fp8
+    weights rounds twice, so a full-precision file is merged first, quantised after."""
+    from .fp8 import FP8_DTYPES
+
+    return (has_loras and weight_dtype is not None and merge
+            and not any(getattr(v, "dtype", None) in FP8_DTYPES for v in sd.values()))
+
+
 # --------------------------------------------------------------------------- targeting
 Resolver = Callable[[nn.Module, str, dict], "str | None"]
 

@@ -38,7 +38,7 @@ from PIL import Image
 from ..runtime.images import FrameError, to_uint8_rgb
 from ..runtime.lifecycle import RuntimeOptions, SampleResult
 from ..wan.model import WanModel
-from ..wan.scheduler import FlowMatchDistilled, FlowMatchEuler, make_generator
+from ..wan.scheduler import FlowMatchDistilled, FlowMatchEuler, check_preset, make_generator
 from ..wan.text import WanPromptEmbeds
 from . import windows as win
 from .schedule import unianimate_scheduler
@@ -95,9 +95,11 @@ class UniAnimateModel(WanModel):
         return progress_total(num_pose_frames, steps, context_size, context_overlap)
 
     def transformer_calls(self, num_pose_frames: int, steps: int, cfg: float = DEFAULT_CFG,
-                          context_size: int = win.CONTEXT_SIZE, context_overlap: int = win.CONTEXT_OVERLAP) -> int:
-        """Transformer forwards of a run: window steps x (2 with CFG, 1 at cfg 1)."""
-        return progress_total(num_pose_frames, steps, context_size, context_overlap) * (1 if cfg == 1.0 else 2)
+                          context_size: int = win.CONTEXT_SIZE, context_overlap: int = win.CONTEXT_OVERLAP,
+                          preset: str = "official") -> int:
+        """Transformer forwards of a run: window steps x (2 with CFG, 1 at cfg 1 or distilled)."""
+        single = cfg == 1.0 or preset == "distilled"
+        return progress_total(num_pose_frames, steps, context_size, context_overlap) * (1 if single else 2)
 
     def sample(self, vae, clip_vision, embeds, reference_image, pose_images, reference_pose, **kwargs) -> SampleResult:
         """:func:`generate` with this model, as the runtime's one result type."""
@@ -390,14 +392,23 @@ def generate(model: UniAnimateModel, vae, clip_vision, embeds: WanPromptEmbeds, 
              steps: int = DEFAULT_STEPS, cfg: float = DEFAULT_CFG,
              context_size: int = win.CONTEXT_SIZE, context_overlap: int = win.CONTEXT_OVERLAP,
              callback: Callable[[int], None] | None = None, size: tuple[int, int] | None = None,
-             clip_embeds: ClipEmbeds | None = None) -> UniAnimateResult:
+             clip_embeds: ClipEmbeds | None = None, preset: str = "official") -> UniAnimateResult:
     """Reference image + rendered pose frames (``unianimate`` style) -> video frames and latents.
 
     Images are [T, H, W, 3] (float 0..1 or uint8). ``callback(n)`` is called once per window
     step (``steps * windows`` calls in all, see :func:`progress_total`). ``size`` = (W, H)
     overrides the resolution preset. ``clip_embeds`` (computed at the same size) replaces the
     CLIP pass. Accelerator memory is released after the run, also when it fails or is interrupted.
+    ``preset="distilled"`` (a step-distillation LoRA loaded): 4..8 steps on the distilled grid and
+    sampler (models/wan/scheduler.py; with several windows the Euler form, so averaged windows keep
+    their noise), cfg off: one call per window step.
     """
+    try:
+        check_preset(preset, steps)
+    except ValueError as exc:
+        raise UniAnimateInputError(str(exc)) from exc
+    if preset == "distilled":
+        cfg = 1.0
     if not isinstance(embeds, WanPromptEmbeds):
         raise UniAnimateInputError("text embeds must come from the Wan Text Encode node (POSEANIMATE_WAN_EMBEDS).")
     if cfg < 1.0:
@@ -439,8 +450,12 @@ def generate(model: UniAnimateModel, vae, clip_vision, embeds: WanPromptEmbeds, 
             start, stop = window.pose_pixel_slice
             return pose_tokens(model.pose_encoders, pose_video[start:stop])
 
+        scheduler = None
+        if preset == "distilled":
+            single = len(win.plan_windows(num_latent, context_size, context_overlap)) == 1
+            scheduler = FlowMatchDistilled.distilled(steps, seed, renoise=single)
         latents = denoise(model.transformer, token_fn, cond, noise, steps, cfg, context_size, context_overlap,
-                          generator=generator, dtype=dtype, device=device, callback=callback)
+                          generator=generator, dtype=dtype, device=device, callback=callback, scheduler=scheduler)
     finally:
         model.release()
     video = vae.decode(latents)  # [1, 3, F, H, W] in [-1, 1]

@@ -28,7 +28,7 @@ import re
 
 from torch import nn
 
-from ..runtime.lora import LoRAWeights, apply_lora, resolve_plain
+from ..runtime.lora import LoRAWeights, apply_lora, as_lora, resolve_plain
 from .layouts import rename_transformer_key
 
 # kohya-style (underscored) original Wan module names -> dotted names
@@ -66,3 +66,13 @@ def apply_wan_lora(model: nn.Module, lora: LoRAWeights, strength: float = 1.0, m
                    use_alpha: bool = True, lora_dtype=None) -> list[str]:
     """:func:`models.runtime.lora.apply_lora` with Wan's name resolution (table above)."""
     return apply_lora(model, lora, strength, merge, use_alpha, lora_dtype, resolve=resolve_module)
+
+
+def apply_wan_loras(model: nn.Module, loras, merge: bool = True) -> list[str]:
+    """Apply a LoRA list (paths, ``LoRAWeights`` or (either, strength)) in order, ComfyUI's alpha
+    scaling; returns the patched module names."""
+    patched: set[str] = set()
+    for item in loras:
+        lora, strength = as_lora(item)
+        patched.update(apply_wan_lora(model, lora, strength, merge=merge, use_alpha=True))
+    return sorted(patched)

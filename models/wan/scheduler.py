@@ -38,6 +38,19 @@ def shift_sigmas(sigmas, shift: float):
 # same grid "flowmatch_distill"). 4..8 steps spread the same way.
 DISTILLED_SHIFT = 5.0
 DISTILLED_STEPS = (4, 8)  # fewest / most steps the distilled preset accepts
+# Sampler presets of the Wan families: "official" = the family's own grid, sampler and guidance;
+# "distilled" = the grid and sampler above, guidance off (one transformer call per step).
+PRESETS = ("official", "distilled")
+
+
+def check_preset(preset: str, steps: int) -> None:
+    """A clear error for an unknown preset or a distilled run outside 4..8 steps."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}.")
+    lo, hi = DISTILLED_STEPS
+    if preset == "distilled" and not lo <= int(steps) <= hi:
+        raise ValueError(f"the distilled preset (step-distillation LoRA) takes {lo}..{hi} steps, got {steps}; "
+                         f"set steps to {lo}.")
 
 
 def distilled_sigmas(steps: int = 4, shift: float = DISTILLED_SHIFT,
