@@ -21,12 +21,15 @@ NONE = "None"
 _log = logging.getLogger("PoseAnimate")
 
 
-def model_choices(kind: str, example: str) -> list[str]:
+def model_choices(kind: str, example: str | None = None, optional: bool = False) -> list[str]:
     """Weight files of a model folder, plus shard index files (``*.index.json``) of sharded
-    checkpoints; ``example`` when the folder is empty (so a graph still validates)."""
+    checkpoints. ``optional``: ``None`` first (no file); otherwise ``example`` (or a hint) when the
+    folder is empty, so a graph still validates."""
     names = host.list_models(kind)
-    names += [n for n in host.list_models(kind, {".json"}) if n.endswith(".index.json")]
-    return sorted(set(names)) or [example]
+    names = sorted(set(names + [n for n in host.list_models(kind, {".json"}) if n.endswith(".index.json")]))
+    if optional:
+        return [NONE] + names
+    return names or [example or f"(put files in models/{kind})"]
 
 
 def attention_choices() -> list[str]:

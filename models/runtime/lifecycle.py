@@ -9,8 +9,8 @@ accelerator until ``prepare(device)``, which runs the registered prepare steps i
 ====  ===========  =============================================================================
 10    attention    ``model.install_attention(backend)``: the family puts its processors on the
                    runtime's backend (models/runtime/attention.py)
-20    placement    block swap of ``model.transformer.blocks``, else the whole transformer moves;
-                   ``model.companions()`` (pose encoders, ...) move along
+20    placement    ``model.place(device)``: block swap of ``model.transformer.blocks``, else the
+                   whole transformer moves; ``model.companions()`` (pose encoders, ...) move along
 30    compile      free slot: regional torch.compile (toolkit, ``options.compile``)
 40    cache        free slot: step caching (toolkit, ``options.cache`` / ``cache_threshold``)
 ====  ===========  =============================================================================
@@ -116,6 +116,26 @@ class RuntimeModel:
         """Small modules that live wherever the transformer lives (pose encoders, ...)."""
         return []
 
+    def place(self, device: torch.device) -> None:
+        """The placement step: block swap of ``transformer.blocks`` (``options.blocks_to_swap``),
+        else the whole transformer moves; companions move along. A family whose models need more
+        (per-model dtypes, several denoisers) overrides it."""
+        blocks = getattr(self.transformer, "blocks", None)
+        if isinstance(blocks, nn.ModuleList):
+            apply_block_swap(self.transformer, int(self.options.blocks_to_swap), device, prefetch=self.options.prefetch)
+        elif self.options.blocks_to_swap:
+            raise ValueError(f"{type(self).__name__}: block swap needs a transformer with a `blocks` list; set it to 0")
+        else:
+            self.transformer.to(device)
+        for module in self.companions():
+            module.to(device)
+
+    def offload(self) -> None:
+        """Move everything :meth:`place` placed to ``offload_device`` (block swap removed)."""
+        _remove_block_swap(self.transformer)
+        for module in [self.transformer, *self.companions()]:
+            module.to(self.offload_device)
+
     def sample(self, *args, **kwargs) -> SampleResult:
         raise NotImplementedError(f"{type(self).__name__} does not implement sample()")
 
@@ -142,9 +162,7 @@ class RuntimeModel:
             if step.release is not None:
                 step.release(self)
         if self.options.offload_after_run and torch.device(self.device) != torch.device(self.offload_device):
-            _remove_block_swap(self.transformer)
-            for module in [self.transformer, *self.companions()]:
-                module.to(self.offload_device)
+            self.offload()
         empty_cache(self.device)
 
     @contextlib.contextmanager
@@ -178,13 +196,4 @@ def _release_placement(model: RuntimeModel) -> None:
 
 @prepare_step("placement", PLACEMENT, release=_release_placement)
 def _placement(model: RuntimeModel, device: torch.device) -> None:
-    blocks = getattr(model.transformer, "blocks", None)
-    if isinstance(blocks, nn.ModuleList):
-        apply_block_swap(model.transformer, int(model.options.blocks_to_swap), device,
-                         prefetch=model.options.prefetch)
-    elif model.options.blocks_to_swap:
-        raise ValueError(f"{type(model).__name__}: block swap needs a transformer with a `blocks` list; set it to 0")
-    else:
-        model.transformer.to(device)
-    for module in model.companions():
-        module.to(device)
+    model.place(device)
