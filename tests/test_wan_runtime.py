@@ -12,6 +12,7 @@ from poseanimate.models.runtime import placement as offload
 from poseanimate.models.wan import model as wan_model
 from poseanimate.models.runtime import precision
 from poseanimate.models.one_to_all.schedule import one_to_all_scheduler
+from poseanimate.models.unianimate.pipeline import UNIANIMATE_TILES
 from poseanimate.models.unianimate.schedule import unianimate_scheduler
 from poseanimate.models.wan import scheduler, text, vae_tiling
 
@@ -456,7 +457,7 @@ def test_wan_vae_encode_decode_with_and_without_tiles():
     assert torch.equal(big, out)
     tiled_out = runner.decode(lat, tiles=vae_tiling.TileConfig(32, 32, 16, 16))
     assert tiled_out.shape == out.shape and torch.isfinite(tiled_out).all()
-    assert vae_tiling.UNIANIMATE_TILES == vae_tiling.TileConfig(240, 416, 120, 208)
+    assert UNIANIMATE_TILES == vae_tiling.TileConfig(240, 416, 120, 208)
     with pytest.raises(ValueError, match="multiple of 8"):
         runner.encode(torch.zeros(1, 3, 1, 20, 64))
 

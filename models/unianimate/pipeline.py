@@ -40,12 +40,15 @@ from ..runtime.lifecycle import RuntimeOptions, SampleResult
 from ..wan.model import WanModel
 from ..wan.scheduler import FlowMatchDistilled, FlowMatchEuler, check_preset, make_generator
 from ..wan.text import WanPromptEmbeds
+from ..wan.vae_tiling import TileConfig
 from . import windows as win
 from .schedule import unianimate_scheduler
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_SIZE = 224
+# The official pipeline decodes with DiffSynth tiles of 30x52 latents, stride 15x26.
+UNIANIMATE_TILES = TileConfig.from_latent((30, 52), (15, 26))
 # (W, H) of the official portrait runs; the model was trained at 480p.
 OFFICIAL_SIZES = {"480p": (480, 832), "720p": (720, 1280)}
 RESOLUTIONS = ("480p", "720p", "reference")  # "reference": the reference's own size, rounded up to 16

@@ -53,8 +53,6 @@ class TileConfig:
 
 
 DEFAULT_TILES = TileConfig()
-# UniAnimate-DiT decodes with DiffSynth tiles of 30x52 latents, stride 15x26.
-UNIANIMATE_TILES = TileConfig.from_latent((30, 52), (15, 26))
 
 
 def _compression(vae) -> int:
