@@ -67,6 +67,17 @@ def say_calls(family: str, calls: int, preset: str) -> None:
     print(f"[PoseAnimate] {family} ({preset} preset): {calls} transformer calls")
 
 
+def run_sampler(family: str, model, handles, total: int, calls: int, *args, preset: str = "official", **kwargs):
+    """A sampler node's run: progress bar of ``total`` steps, the transformer calls said, the
+    interrupt checked, ``model.sample(*args, callback=..., preset=..., **kwargs)`` (which prepares
+    and releases the model), the other ``handles`` (VAE, encoders) released after it or a Cancel."""
+    callback = host.step_callback(total)
+    say_calls(family, calls, preset)
+    host.check_interrupt()
+    with released_after_run(*handles):
+        return model.sample(*args, callback=callback, preset=preset, **kwargs)
+
+
 def lora_inputs(count: int, tooltip: str) -> dict:
     """Optional ``lora_i`` / ``lora_i_strength`` slots listing the ``loras`` folder."""
     names = [NONE] + host.list_models("loras")

@@ -21,8 +21,7 @@ from ..models.one_to_all import pipeline
 from ..models.runtime import precision as wan_precision
 from ..pose import frames, keypoints, render
 from . import host
-from .common import (chosen_loras, lora_inputs, model_choices, preset_input, released_after_run, runtime_inputs,
-                     runtime_options, say_calls)
+from .common import chosen_loras, lora_inputs, model_choices, preset_input, run_sampler, runtime_inputs, runtime_options
 from .wan import EMBEDS_TYPE, VAE_TYPE
 
 CATEGORY = "PoseAnimate/one_to_all"
@@ -164,15 +163,12 @@ class OneToAllSampler:
     def sample(self, model, vae, embeds, reference, pose_images, resolution="480p", steps=30,
                image_guidance_scale=2.0, pose_guidance_scale=1.5, seed=42, preset="official"):
         poses = frames.to_uint8_rgb(pose_images, "pose_images")
-        callback = host.step_callback(model.progress_total(len(poses), int(steps)))
-        say_calls("One-to-All", model.transformer_calls(len(poses), int(steps), image_guidance_scale,
-                                                         pose_guidance_scale, preset), preset)
-        host.check_interrupt()
-        with released_after_run(vae):
-            result = model.sample(
-                vae, embeds, reference["image"], poses, reference["pose"], reference.get("mask"),
-                resolution=resolution, steps=int(steps), image_guidance_scale=float(image_guidance_scale),
-                pose_guidance_scale=float(pose_guidance_scale), seed=int(seed), callback=callback, preset=preset)
+        result = run_sampler(
+            "One-to-All", model, (vae,), model.progress_total(len(poses), int(steps)),
+            model.transformer_calls(len(poses), int(steps), image_guidance_scale, pose_guidance_scale, preset),
+            vae, embeds, reference["image"], poses, reference["pose"], reference.get("mask"),
+            resolution=resolution, steps=int(steps), image_guidance_scale=float(image_guidance_scale),
+            pose_guidance_scale=float(pose_guidance_scale), seed=int(seed), preset=preset)
         return (result.frames, result.latent)
 
 

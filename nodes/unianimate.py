@@ -20,8 +20,8 @@ from ..models.unianimate import windows as win
 from ..models.runtime import precision as wan_precision
 from ..pose import frames
 from . import host
-from .common import (chosen_loras, lora_inputs, model_choices, preset_input, released_after_run, runtime_inputs,
-                     runtime_options, say_calls)
+from .common import (chosen_loras, lora_inputs, model_choices, preset_input, released_after_run, run_sampler,
+                     runtime_inputs, runtime_options)
 from .wan import CLIP_VISION_TYPE, EMBEDS_TYPE, VAE_TYPE
 
 CATEGORY = "PoseAnimate/unianimate"
@@ -158,17 +158,14 @@ class UniAnimateSampler:
         if context_overlap >= context_size:
             raise ValueError(f"context_overlap ({context_overlap}) must be smaller than context_size ({context_size}).")
         poses = frames.to_uint8_rgb(pose_images, "pose_images")
-        total = model.progress_total(len(poses), int(steps), int(context_size), int(context_overlap))
-        callback = host.step_callback(total)
-        say_calls("UniAnimate", model.transformer_calls(len(poses), int(steps), float(cfg), int(context_size),
-                                                        int(context_overlap), preset), preset)
-        host.check_interrupt()
-        with released_after_run(vae, clip_vision):
-            result = model.sample(
-                vae, clip_vision, embeds, frames.to_uint8_rgb(reference_image, "reference_image")[0], poses,
-                frames.to_uint8_rgb(reference_pose_image, "reference_pose_image")[0], resolution=resolution,
-                seed=int(seed), steps=int(steps), cfg=float(cfg), context_size=int(context_size),
-                context_overlap=int(context_overlap), callback=callback, clip_embeds=clip_embeds, preset=preset)
+        result = run_sampler(
+            "UniAnimate", model, (vae, clip_vision),
+            model.progress_total(len(poses), int(steps), int(context_size), int(context_overlap)),
+            model.transformer_calls(len(poses), int(steps), float(cfg), int(context_size), int(context_overlap), preset),
+            vae, clip_vision, embeds, frames.to_uint8_rgb(reference_image, "reference_image")[0], poses,
+            frames.to_uint8_rgb(reference_pose_image, "reference_pose_image")[0], resolution=resolution,
+            seed=int(seed), steps=int(steps), cfg=float(cfg), context_size=int(context_size),
+            context_overlap=int(context_overlap), clip_embeds=clip_embeds, preset=preset)
         return (result.frames, result.latent)
 
 
