@@ -13,7 +13,7 @@ from ..models.animatediff import context_windows as cw
 from ..models.animatediff import pipeline as pl
 from ..models.animatediff import samplers as sm
 from ..models.animatediff.model import PRECISIONS, AnimateDiffModel
-from .common import NONE, model_choices, released_after_run
+from .common import NONE, attention_input, model_choices, released_after_run, runtime_options
 
 CATEGORY = "PoseAnimate/animatediff"
 MODEL_TYPE = "POSEANIMATE_ANIMATEDIFF"
@@ -60,7 +60,8 @@ class AnimateDiffLoader:
         return {
             "required": required,
             "optional": {"loras_json": ("STRING", {"default": "", "multiline": True,
-                                                   "tooltip": 'More LoRAs: [{"name": "x.safetensors", "scale": 0.8}]'})},
+                                                   "tooltip": 'More LoRAs: [{"name": "x.safetensors", "scale": 0.8}]'}),
+                         "attention": attention_input()},
         }
 
     RETURN_TYPES = (MODEL_TYPE,)
@@ -68,7 +69,7 @@ class AnimateDiffLoader:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, checkpoint, motion_module, controlnet=NONE, precision="auto", loras_json="", **kw):
+    def load(self, checkpoint, motion_module, controlnet=NONE, precision="auto", loras_json="", attention="auto", **kw):
         from ..models.animatediff import controlnet as cn_io
         from ..models.animatediff import lora as lora_io
         from ..models.animatediff import motion_loader, sd15_checkpoint, unet3d
@@ -90,7 +91,7 @@ class AnimateDiffLoader:
         unet = unet3d.build_animated_unet(parts.unet, motion)
         pipe = pl.AnimateDiffV2V(unet, parts.vae, parts.text_encoder, parts.tokenizer, controlnet=cn,
                                  motion_format=motion.format, precision=precision)
-        return (AnimateDiffModel(pipe, host.torch_device(), host.offload_device()),)
+        return (AnimateDiffModel(pipe, host.torch_device(), host.offload_device(), runtime_options(attention=attention)),)
 
 
 class AnimateDiffContextOptions:
