@@ -104,7 +104,8 @@ def test_distilled_twin_runs_with_its_lora_and_one_call_per_step(models, capsys)
         twin = DISTILLED[nid]
         assert twin["class_type"] == node["class_type"]
         assert {k: v for k, v in twin["inputs"].items() if (node["class_type"], k) not in changed} == \
-            {k: v for k, v in node["inputs"].items() if (node["class_type"], k) not in changed}, nid
+            {k: v for k, v in node["inputs"].items() if (node["class_type"], k) not in changed}, \
+            f"node {nid} differs from the official workflow: run python scripts/make_distilled_workflow.py"
     clip = torch.from_numpy(sample_media.sample_driving_clip(CLIP_FRAMES, (CLIP_W, CLIP_H))).float().div(255)
     ex = Executor(_reference(), clip, CLIP_FPS)
     graph = _fast(DISTILLED)
