@@ -8,6 +8,7 @@ sub-folder per ComfyUI folder name, and progress/interrupt are no-ops.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -218,6 +219,43 @@ def output_directory() -> Path:
     if fp is not None:
         return Path(fp.get_output_directory())
     return Path(os.environ.get("POSEANIMATE_OUTPUT_DIR", PACK_DIR / "output"))
+
+
+def new_output_file(filename_prefix: str, extension: str) -> Path:
+    """A file that does not exist yet in the output folder: ``<prefix>_00001_.<ext>``, ComfyUI's counter.
+
+    Absolute prefixes and prefixes that climb out (``..``) are refused, as ComfyUI's own savers
+    refuse them; the file is created exclusively, so two nodes with one prefix (or two runs in
+    the same second) never overwrite each other.
+    """
+    prefix = (filename_prefix or "").strip()
+    fix = "use a relative prefix such as PoseAnimate/poses (files go under ComfyUI's output folder)"
+    if not prefix:
+        raise ModelFileError(f"filename_prefix is empty; {fix}.")
+    if os.path.isabs(prefix) or prefix.startswith(("/", "\\")) or (len(prefix) > 1 and prefix[1] == ":"):
+        raise ModelFileError(f"filename_prefix {filename_prefix!r} is an absolute path; ComfyUI saves only inside its "
+                             f"output folder: {fix}.")
+    if ".." in prefix.replace("\\", "/").split("/"):
+        raise ModelFileError(f"filename_prefix {filename_prefix!r} climbs out of the output folder; {fix}.")
+    out_dir = output_directory()
+    fp = _folder_paths()
+    if fp is not None:
+        folder, name, counter, _, _ = fp.get_save_image_path(prefix, str(out_dir))
+        folder = Path(folder)
+    else:
+        folder = out_dir / os.path.dirname(os.path.normpath(prefix))
+        name = os.path.basename(os.path.normpath(prefix))
+        pattern = re.compile(re.escape(name) + r"_(\d+)_")
+        counts = [int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else []) if (m := pattern.match(p.name))]
+        counter = max(counts, default=0) + 1
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = folder / f"{name}_{counter:05d}_{extension}"
+        try:
+            path.open("x").close()
+            return path
+        except FileExistsError:
+            counter += 1
 
 
 def input_directory() -> Path:

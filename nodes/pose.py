@@ -6,7 +6,6 @@ Each node is argument plumbing around pose/; model files come from ComfyUI's
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 
@@ -208,14 +207,9 @@ class SavePoseJSON:
 
     def save(self, poses, filename_prefix="PoseAnimate/poses"):
         parsed = keypoints.frames_from_pose_keypoint(poses)  # validates before writing
-        out_dir = host.output_directory()
-        prefix = filename_prefix.strip().lstrip("/\\") or "poses"
-        if ".." in prefix.replace("\\", "/").split("/"):
-            raise ValueError(f"filename_prefix {filename_prefix!r} must stay inside the output folder")
-        path = out_dir / f"{prefix}_{time.strftime('%Y%m%d-%H%M%S')}_{len(parsed):05d}f.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = host.new_output_file(filename_prefix, ".json")
         path.write_text(json.dumps(keypoints.frames_to_pose_keypoint(parsed)))
-        return {"ui": {"text": [str(path.relative_to(out_dir))]}, "result": ()}
+        return {"ui": {"text": [path.relative_to(host.output_directory()).as_posix()]}, "result": ()}
 
 
 class LoadPoseJSON:
