@@ -734,7 +734,11 @@ def _follow_ws(comfy: Comfy, ws, prompt_id: str, deadline: float, progress: Prog
                 return marks
             continue
         if not isinstance(raw, str):
-            continue  # binary preview frames
+            if raw[:4] == b"\x00\x00\x00\x03" and len(raw) >= 8:  # ComfyUI's TEXT event: node id + text
+                size = int.from_bytes(raw[4:8], "big")
+                node, text = raw[8:8 + size].decode(errors="replace"), raw[8 + size:].decode(errors="replace")
+                progress.say(f"node {node} {progress.titles.get(node, '')}: {text}")
+            continue  # other binary frames are previews
         msg = json.loads(raw)
         kind, data = msg.get("type"), msg.get("data") or {}
         if isinstance(data, dict) and data.get("prompt_id") not in (None, prompt_id):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 
 from . import host
+from ..models import lora_family
+from ..models.lora_family import check_lora_family
 from ..models.animatediff import context_windows as cw
 from ..models.animatediff import pipeline as pl
 from ..models.animatediff import samplers as sm
@@ -97,6 +99,7 @@ class AnimateDiffLoader:
         sd_loras = []
         for name, scale in loras:
             sd = read_state_dict(host.resolve_model("loras", name))
+            check_lora_family(name, list(sd), (lora_family.SD15, lora_family.MOTION), "the AnimateDiff loader")
             if any("motion_modules" in k for k in sd):
                 motion_loader.apply_motion_lora(motion, sd, scale)
             else:

@@ -7,6 +7,7 @@ sub-folder per ComfyUI folder name, and progress/interrupt are no-ops.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -150,6 +151,20 @@ class Progress:
         self.done += n
         if self._bar is not None:
             self._bar.update_absolute(min(self.done, self.total), self.total)
+
+
+def notify(text: str) -> None:
+    """A warning the user should see: ComfyUI's log, and the text shown on the running node in
+    the frontend (also on /ws as a binary TEXT message, which client.py prints)."""
+    logging.getLogger("PoseAnimate").warning("PoseAnimate: %s", text)
+    try:
+        from comfy_execution.utils import get_executing_context  # type: ignore
+        from server import PromptServer  # type: ignore
+    except ImportError:
+        return
+    context = get_executing_context()
+    if context is not None and getattr(PromptServer, "instance", None) is not None:
+        PromptServer.instance.send_progress_text(text, context.node_id)
 
 
 def check_interrupt() -> None:

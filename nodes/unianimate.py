@@ -15,6 +15,8 @@ rendered in the ``unianimate`` style (nodes/pose.py), and returns IMAGE frames a
 """
 from __future__ import annotations
 
+from ..models import lora_family
+from ..models.lora_family import check_lora_family, lora_keys
 from ..models.unianimate import pipeline
 from ..models.unianimate import windows as win
 from ..models.wan import precision as wan_precision
@@ -99,7 +101,9 @@ class UniAnimateLoader:
         for i in range(1, EXTRA_LORAS + 1):
             name = extra.get(f"lora_{i}", NONE)
             if name and name != NONE:
-                loras.append((host.resolve_model("loras", name), float(extra.get(f"lora_{i}_strength", 1.0))))
+                path = host.resolve_model("loras", name)
+                check_lora_family(name, lora_keys(path), (lora_family.WAN,), f"lora_{i} of the UniAnimate loader")
+                loras.append((path, float(extra.get(f"lora_{i}_strength", 1.0))))
         transformer, pose_encoders = load_unianimate(base, unianimate, dtype=dtype, device="cpu", weight_dtype=weight_dtype,
                                                      lora_scale=float(unianimate_strength), merge=merge, extra_loras=loras)
         info = {"base": base_model, "unianimate": unianimate_file, "merged": merge, "loras": [str(p.name) for p, _ in loras]}
