@@ -11,13 +11,14 @@ import pytest
 import torch
 
 import ad_tiny
+from paths import ui_workflow
 from workflow_executor import Executor, widget_names
 from poseanimate.nodes import animatediff as ad_nodes
 from poseanimate.nodes import pose as pose_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 API = json.loads((ROOT / "workflows" / "api" / "animatediff_v2v.json").read_text())
-UI = json.loads((ROOT / "workflows" / "animatediff_v2v.json").read_text())
+UI = json.loads(ui_workflow("animatediff_v2v").read_text())
 CORE_WIDGETS = {"LoadVideo": ["file"], "GetVideoComponents": [], "CreateVideo": ["fps"],
                 "SaveVideo": ["filename_prefix", "format", "codec"]}
 

@@ -37,12 +37,14 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from comfyui_server import ENABLE_HINT, PACK_NAME, ComfyServer, comfyui_location, convert_ui_workflow
+from paths import api_twin
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
@@ -427,13 +429,39 @@ def test_workflow_templates_listed(server):
     assert sorted(listed.get(PACK_NAME, [])) == sorted(p.stem for p in UI_WORKFLOWS), listed
 
 
+@functools.lru_cache(maxsize=1)
+def _frontend_thumbnail_rule(python: str) -> tuple[str, str]:
+    """(URL template, image extension) the installed ComfyUI frontend uses for custom-node template
+    thumbnails, read from its own bundle (comfyui_frontend_package in ComfyUI's interpreter)."""
+    import subprocess
+
+    found = subprocess.run([python, "-c", "import comfyui_frontend_package as f, os; print(os.path.dirname(f.__file__))"],
+                           capture_output=True, text=True, timeout=60)
+    if found.returncode != 0:
+        pytest.skip(f"ComfyUI's interpreter has no comfyui_frontend_package: {found.stderr[-300:]}")
+    url = ext = None
+    for js in sorted(Path(found.stdout.strip(), "static", "assets").glob("*.js")):
+        text = js.read_text(errors="replace")
+        if "workflow_templates" not in text:
+            continue
+        url = url or re.search(r"apiURL\(\s*`(/workflow_templates/\$\{\w+\}/\$\{\w+\.name\})`", text)
+        ext = ext or re.search(r"name:\s*\w+,\s*mediaType:\s*\"image\",\s*mediaSubtype:\s*\"(\w+)\"", text)
+    assert url and ext, "cannot find how this frontend names custom-node template thumbnails; update this test"
+    return url.group(1), ext.group(1)
+
+
 @needs_comfyui
 @pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_template_served(server, workflow):
-    status, body = server.request("GET", f"/api/workflow_templates/{PACK_NAME}/{workflow.name}")
+    quoted = urllib.parse.quote(workflow.stem)
+    status, body = server.request("GET", f"/api/workflow_templates/{PACK_NAME}/{quoted}.json")
     assert status == 200 and json.loads(body) == json.loads(workflow.read_text())
-    status, body = server.request("GET", f"/api/workflow_templates/{PACK_NAME}/{workflow.stem}.png")
-    assert status == 200 and body[:8] == b"\x89PNG\r\n\x1a\n", f"{workflow.stem}.png not served"
+    # the thumbnail URL exactly as the frontend builds it: apiURL(`/workflow_templates/${module}/${name}`) + .ext
+    url, ext = _frontend_thumbnail_rule(str(server.python))
+    path = "/api" + re.sub(r"\$\{\w+\.name\}", quoted, re.sub(r"\$\{\w+\}", PACK_NAME, url, count=1)) + f".{ext}"
+    status, body = server.request("GET", path)
+    magic = {"jpg": b"\xff\xd8\xff", "jpeg": b"\xff\xd8\xff", "png": b"\x89PNG", "webp": b"RIFF"}.get(ext, b"")
+    assert status == 200 and body.startswith(magic), f"the frontend requests {path}: HTTP {status}, {body[:8]!r}"
 
 
 @needs_comfyui
@@ -472,7 +500,7 @@ def test_api_workflow_runs(server, uploaded, media, tiny_models, workflow):
 @needs_comfyui
 @pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=lambda p: p.stem)
 def test_ui_workflow_converts_to_api_twin(server, object_info, workflow):
-    twin = WORKFLOWS / "api" / workflow.name
+    twin = api_twin(workflow)
     assert twin.exists(), f"{workflow.name} has no API twin in workflows/api/"
     try:
         converted = convert_ui_workflow(json.loads(workflow.read_text()), object_info, server.python)
@@ -596,19 +624,19 @@ def test_dwpose_backend_runs_in_comfyui(server, uploaded):
 # --------------------------------------------------------------------------- workflow files (no ComfyUI)
 def test_workflow_files_exist():
     assert UI_WORKFLOWS, "no workflows/*.json"
-    assert {p.name for p in API_WORKFLOWS} == {p.name for p in UI_WORKFLOWS}, "UI and API workflows do not pair up"
+    assert set(API_WORKFLOWS) == {api_twin(p) for p in UI_WORKFLOWS}, "UI and API workflows do not pair up (tests/paths.py TEMPLATES)"
 
 
 @pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_has_twin_and_preview(workflow):
     from PIL import Image
 
-    assert (WORKFLOWS / "api" / workflow.name).exists(), f"{workflow.name}: no workflows/api/{workflow.name}"
-    preview = workflow.with_suffix(".png")
+    assert api_twin(workflow).exists(), f"{workflow.name}: no API twin {api_twin(workflow)}"
+    preview = workflow.with_suffix(".jpg")  # what the frontend requests (test_workflow_template_served)
     assert preview.exists(), f"{workflow.name}: no preview {preview.name} (the template browser's thumbnail)"
     assert preview.stat().st_size < 300_000, f"{preview.name} is large"
     with Image.open(preview) as img:
-        assert img.format == "PNG" and max(img.size) <= 1024, img.size
+        assert img.format == "JPEG" and max(img.size) <= 1024, img.size
 
 
 _WIDGET_TYPES = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}
@@ -668,7 +696,7 @@ def test_ui_workflow_links_consistent(workflow):
                 assert links[lid][1] == node["id"], f"node {node['id']}: link {lid} starts elsewhere"
         assert len(node["pos"]) == 2 and len(node["size"]) == 2
     _check_pack_widgets(wf)
-    api = json.loads((WORKFLOWS / "api" / workflow.name).read_text())
+    api = json.loads(api_twin(workflow).read_text())
     ui_classes = Counter(n["type"] for n in wf["nodes"] if n["type"] not in ("Note", "MarkdownNote", "Reroute", "PrimitiveNode"))
     assert ui_classes == Counter(n["class_type"] for n in api.values())
 
