@@ -734,3 +734,37 @@ def test_readme_node_table_matches_pack():
     problems = _readme_mismatches(lambda n: json.loads(json.dumps(nodes[n].INPUT_TYPES())) if n in nodes else None)
     # folder-backed combos list the user's files, not fixed choices: the README may not enumerate them
     assert not problems, "\n".join(problems)
+
+
+# A loaded video grows its node: the frontend shows the clip below the widgets at the node's
+# width and the clip's aspect. Room is kept for a phone video (1080x2179, about 1:2) plus the
+# widgets, so the preview of an uploaded clip covers no other node.
+VIDEO_PREVIEW_ASPECT, VIDEO_WIDGETS_HEIGHT, TITLE_HEIGHT = 2.1, 110, 30
+
+
+def _node_box(node) -> tuple[float, float, float, float]:
+    (x, y), (w, h) = node["pos"], node["size"]
+    return x, y - TITLE_HEIGHT, x + w, y + h
+
+
+@pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_video_preview_covers_no_node(workflow):
+    wf = json.loads(workflow.read_text())
+    problems = []
+    for video in (n for n in wf["nodes"] if n["type"] == "LoadVideo"):
+        x0, y0, x1, _ = _node_box(video)
+        zone = (x0, y0, x1, video["pos"][1] + VIDEO_WIDGETS_HEIGHT + video["size"][0] * VIDEO_PREVIEW_ASPECT)
+        for other in wf["nodes"]:
+            if other is video:
+                continue
+            a0, b0, a1, b1 = _node_box(other)
+            if a0 < zone[2] and zone[0] < a1 and b0 < zone[3] and zone[1] < b1:
+                problems.append(f"node {other['id']} ({other['type']}) at {other['pos']} lies where the preview of a "
+                                f"portrait clip loaded in node {video['id']} grows (x {zone[0]}..{zone[2]}, "
+                                f"y up to {zone[3]:.0f})")
+    boxes = [(n, _node_box(n)) for n in wf["nodes"]]
+    for i, (a, (a0, b0, a1, b1)) in enumerate(boxes):
+        for b, (c0, d0, c1, d1) in boxes[i + 1:]:
+            if a0 < c1 and c0 < a1 and b0 < d1 and d0 < b1:
+                problems.append(f"nodes {a['id']} ({a['type']}) and {b['id']} ({b['type']}) overlap")
+    assert not problems, "\n".join(problems)
