@@ -72,12 +72,20 @@ class DetectPoses:
 
     def detect(self, images, detector, person="largest", missing_frames="hold_last", batch_size=8):
         pixels = frames.to_uint8_rgb(images, "images")
+        if is_blank_white(pixels):
+            host.notify("the images are (almost) all white, so no person can be found. A 16-bit PNG turns white in "
+                        "ComfyUI's Load Image: save it as an 8-bit PNG or a JPEG.")
         try:
             found = detect.detect_video(detector, pixels, person=person, missing=missing_frames,
                                         callback=host.step_callback(len(pixels)), batch_size=batch_size)
         finally:
             host.free_memory()
         return (keypoints.frames_to_pose_keypoint(found),)
+
+
+def is_blank_white(pixels: np.ndarray) -> bool:
+    """Nearly every pixel white: what ComfyUI's Load Image makes of a 16-bit PNG."""
+    return bool(np.mean(pixels[..., ::4, ::4, :] >= 250) > 0.97) if pixels.size else False
 
 
 class PrepareDrivingVideo:
@@ -137,8 +145,12 @@ class AlignPoses:
         driving = keypoints.frames_from_pose_keypoint(driving_poses)
         reference = keypoints.frames_from_pose_keypoint(reference_pose)[0]
         ref_img = None if reference_image is None else frames.to_uint8_rgb(reference_image, "reference_image")[0]
+        if ref_img is not None and reference.num_people == 0 and mode != "none" and is_blank_white(ref_img):
+            raise ValueError("the reference image is (almost) all white, so no person was found in it. A 16-bit PNG "
+                             "turns white in ComfyUI's Load Image: save the reference as an 8-bit PNG or a JPEG.")
         if anchor_frame >= len(driving):
-            raise ValueError(f"anchor_frame {anchor_frame} is past the last driving frame ({len(driving) - 1})")
+            raise ValueError(f"anchor_frame {anchor_frame} is past the last driving frame ({len(driving) - 1}); "
+                             f"use 0..{len(driving) - 1}")
         result = align.align_poses(driving, reference, mode, ref_img, anchor_frame)
         image = result.reference_image
         if image is None:

@@ -126,6 +126,62 @@ def test_missing_required_fields_named():
     assert err.value.exit_code == 2
 
 
+def test_non_finite_numbers_named_and_empty_prompt_accepted():
+    endpoint = client.ENDPOINTS["animatediff-v2v"]
+    req = {"video_url": _data_uri(MP4, "video/mp4"), "prompt": "x"}
+    for bad, field in (({"guidance_scale": float("nan")}, "guidance_scale"),
+                       ({"loras": [{"path": "a", "scale": float("-inf")}]}, "loras[0].scale")):
+        with pytest.raises(client.RequestError) as err:
+            client.fill_workflow(endpoint, _ad_workflow(), {**req, **bad})
+        assert set(err.value.fields) == {field} and "finite" in str(err.value)
+    assert client.non_finite_numbers(client._read_request('{"a": [1, Infinity], "b": {"c": NaN}}')) .keys() == {"a[1]", "b.c"}
+    filled = client.fill_workflow(endpoint, _ad_workflow(), {**req, "prompt": ""})
+    assert filled.prompt["8"]["inputs"]["prompt"] == ""
+    with pytest.raises(client.RequestError):
+        client.fill_workflow(endpoint, _ad_workflow(), {**req, "video_url": ""})
+
+
+def test_loose_model_match_is_announced():
+    said = []
+    name = client.match_model_name("base_model", "SD15-Anime", ["sd15_anime.safetensors"], "checkpoints", said.append)
+    assert name == "sd15_anime.safetensors" and "using its file 'sd15_anime.safetensors'" in said[0]
+
+
+def test_png_bit_depth():
+    import zlib
+
+    ihdr = lambda depth: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (8).to_bytes(4, "big") * 2 + bytes([depth, 0, 0, 0, 0])  # noqa: E731
+    assert client.png_bit_depth(ihdr(16)) == 16 and client.png_bit_depth(ihdr(8)) == 8
+    assert client.png_bit_depth(b"\xff\xd8\xff" + bytes(40)) is None and zlib
+
+
+def test_failure_blames_the_field_the_message_is_about():
+    """A failure in Align Poses: a message about the driving clip names video_url, one about
+    the reference names image_url, one naming an input names that input's field."""
+    wf = json.loads(json.dumps(POSE_WORKFLOW))
+    filled = client.fill_workflow(client.ENDPOINTS["pose"], wf, {"image_url": _data_uri(PNG, "image/png"),
+                                                                 "video_url": _data_uri(MP4, "video/mp4"),
+                                                                 "anchor_frame": 0, "alignment": "unianimate"})
+    align = next(k for k, n in wf.items() if n["class_type"] == "PoseAnimateAlignPoses")
+    feeding = lambda text: client.fields_feeding(filled.prompt, filled.origin, align, text)  # noqa: E731
+    assert feeding("no person found in any of the 4 driving frames: use a clip with a visible person") == (("video_url",), False)
+    assert feeding("the reference pose has no person: use a reference image where the body is visible") == (("image_url",), False)
+    assert feeding("anchor_frame 9 is past the last driving frame (3); use 0..3") == (("anchor_frame",), True)
+    assert sorted(feeding("something broke")[0]) == ["alignment", "anchor_frame"]
+    render = next(k for k, n in wf.items() if n["class_type"] == "PoseAnimateRenderPoses")
+    fed, direct = client.fields_feeding(filled.prompt, filled.origin, render, "libx264 refuses odd sizes")
+    assert not direct and {"image_url", "video_url"} <= set(fed), fed  # every upstream field, not the first level
+
+
+def test_fixed_model_file_missing_names_the_folder():
+    wf = {"1": {"class_type": "PoseAnimateWanVAELoader", "inputs": {"vae_name": "gone.safetensors", "precision": "bf16"}}}
+    spec = {"vae_name": (["wan_2.1_vae.safetensors"], {"tooltip": "Wan2.1 VAE in models/vae"}),
+            "precision": (["bf16", "fp32"], {})}
+    with pytest.raises(client.ClientError, match=r"Put gone\.safetensors in ComfyUI/models/vae/"):
+        client.check_fixed_values(wf, {}, lambda cls, inp: spec.get(inp, (None, {})), "x.json")
+    client.check_fixed_values(wf, {("1", "vae_name"): "vae"}, lambda cls, inp: spec.get(inp, (None, {})), "x.json")
+
+
 def test_field_without_node_names_field():
     wf = {k: v for k, v in POSE_WORKFLOW.items() if v["class_type"] != "PoseAnimateAlignPoses"}
     with pytest.raises(client.RequestError) as err:
