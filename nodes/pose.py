@@ -84,8 +84,13 @@ class DetectPoses:
 
 
 def is_blank_white(pixels: np.ndarray) -> bool:
-    """Nearly every pixel white: what ComfyUI's Load Image makes of a 16-bit PNG."""
-    return bool(np.mean(pixels[..., ::4, ::4, :] >= 250) > 0.97) if pixels.size else False
+    """Mostly white with almost no mid-tones: what ComfyUI's Load Image makes of a 16-bit PNG
+    (every sample above 255 clips to white; only near-black survives)."""
+    if not pixels.size:
+        return False
+    sample = pixels[..., ::4, ::4, :]
+    mid = np.mean((sample > 8) & (sample < 247))
+    return bool(np.mean(sample >= 250) > 0.5 and mid < 0.02)
 
 
 class PrepareDrivingVideo:
@@ -145,7 +150,8 @@ class AlignPoses:
         driving = keypoints.frames_from_pose_keypoint(driving_poses)
         reference = keypoints.frames_from_pose_keypoint(reference_pose)[0]
         ref_img = None if reference_image is None else frames.to_uint8_rgb(reference_image, "reference_image")[0]
-        if ref_img is not None and reference.num_people == 0 and mode != "none" and is_blank_white(ref_img):
+        nobody = reference.num_people == 0 or not np.any(reference.people[:, :18, 2] > 0)
+        if ref_img is not None and nobody and mode != "none" and is_blank_white(ref_img):
             raise ValueError("the reference image is (almost) all white, so no person was found in it. A 16-bit PNG "
                              "turns white in ComfyUI's Load Image: save the reference as an 8-bit PNG or a JPEG.")
         if anchor_frame >= len(driving):
