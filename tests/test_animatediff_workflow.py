@@ -12,7 +12,8 @@ import torch
 
 import ad_tiny
 from paths import ui_workflow
-from workflow_executor import Executor, widget_names
+from workflow_executor import widget_names
+from poseanimate.headless.executor import Executor
 from poseanimate.nodes import animatediff as ad_nodes
 from poseanimate.nodes import pose as pose_nodes
 
