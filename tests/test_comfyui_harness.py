@@ -633,7 +633,8 @@ def test_workflow_has_twin_and_preview(workflow):
 
     assert api_twin(workflow).exists(), f"{workflow.name}: no API twin {api_twin(workflow)}"
     preview = workflow.with_suffix(".jpg")  # what the frontend requests (test_workflow_template_served)
-    assert preview.exists(), f"{workflow.name}: no preview {preview.name} (the template browser's thumbnail)"
+    assert preview.exists(), (f"{workflow.name}: no preview {preview.name} (the template browser's thumbnail; "
+                              "add the template to scripts/template_previews.py and run it)")
     assert preview.stat().st_size < 300_000, f"{preview.name} is large"
     with Image.open(preview) as img:
         assert img.format == "JPEG" and max(img.size) <= 1024, img.size
