@@ -19,6 +19,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 # template stem -> (headline, alignment mode, drawing style); None: no pose stage (AnimateDiff)
 PLANS = {
     "one_to_all_animation": ("One-to-All: the photo dances like the video", "one_to_all_ref", "one_to_all"),
+    "one_to_all_animation_distilled": ("One-to-All, 4 steps: the photo dances like the video", "one_to_all_ref",
+                                       "one_to_all"),
     "unianimate": ("UniAnimate-DiT: the photo dances like the video", "unianimate", "unianimate"),
     "pose_alignment": ("Pose alignment: dance poses fitted to the photo", "one_to_all_ref", "one_to_all"),
     "animatediff_v2v": ("AnimateDiff: a video redrawn by SD1.5", None, None),

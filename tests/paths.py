@@ -11,6 +11,7 @@ WORKFLOWS = ROOT / "workflows"
 # the API twins the short names client.py and the tests use. API twin stem -> template stem.
 TEMPLATES = {
     "one_to_all_animation": "One-to-All Animation - animate a character photo with a dance video",
+    "one_to_all_animation_distilled": "One-to-All Animation 4-step distilled - animate a character photo with a dance video",
     "unianimate": "UniAnimate-DiT - animate a character photo with a dance video",
     "animatediff_v2v": "AnimateDiff - restyle a video with an SD1.5 model",
     "pose_alignment": "Pose Alignment - fit dance poses to a character photo",
