@@ -706,3 +706,19 @@ def test_readme_node_table_matches_pack():
     problems = _readme_mismatches(lambda n: json.loads(json.dumps(nodes[n].INPUT_TYPES())) if n in nodes else None)
     # folder-backed combos list the user's files, not fixed choices: the README may not enumerate them
     assert not problems, "\n".join(problems)
+
+
+@needs_comfyui
+@pytest.mark.parametrize("sampler,scheduler", [("dpmpp_2m_sde", "karras"), ("uni_pc", "beta")])
+def test_animatediff_runs_comfyui_samplers(server, uploaded, media, tiny_models, sampler, scheduler):
+    """Inside ComfyUI the AnimateDiff sampler offers ComfyUI's samplers/schedulers and runs them
+    (through nodes/host.py); the progress bar ends exactly at its total (VAE batches + steps)."""
+    wf = json.loads((WORKFLOWS / "api" / "animatediff_v2v.json").read_text())
+    driving = server.upload(media / "poseanimate_driving.mp4", f"poseanimate_driving_ad_{sampler}.mp4")
+    prompt = _with_inputs(wf, uploaded["reference"], driving)
+    prompt["8"]["inputs"].update(sampler_name=sampler, scheduler=scheduler, steps=2)
+    result = server.run(prompt, timeout=480)
+    assert result.status == "success", f"{sampler}: {result.error_text()}" + _fail_context(server, tiny_models)
+    progress = [e for e in result.events("progress") if str(e.get("node")) == "8"]
+    assert progress and progress[-1]["value"] == progress[-1]["max"] == 1 + 2 + 1, progress
+    assert [e["value"] for e in progress] == sorted(e["value"] for e in progress)
