@@ -23,7 +23,7 @@ class Recorder(torch.nn.Module):
 
     def forward(self, x, t, ctx, down_block_additional_residuals=None, mid_block_additional_residual=None):
         self.calls.append(tuple(x.shape))
-        return x * 0.3 * self.w + ctx.mean() * 0.01
+        return x * 0.3 * self.w + ctx[:, 1, :4].sum(-1).view(-1, 1, 1, 1, 1) * 0.5  # token-dependent
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +211,26 @@ def test_interrupt_stops_inside_one_unet_call():
     with pytest.raises(Stop):
         p(video(2, 16, 16), pl.V2VSettings(steps=2, select_every_nth_frame=1), interrupt=interrupt)
     assert not finished and unet.interrupt_hook is None
+
+
+@pytest.mark.parametrize("frames", [6, 20])  # one window, and fused windows (default 16/4 past 16 frames)
+def test_denoiser_parts_for_cfg_pp_samplers(parts, frames):
+    """ComfyUI's CFG++ samplers read cond and uncond denoised separately; with windows each is fused
+    on its own and CFG of the parts equals the guided result, also at cfg 1 (no skipping then)."""
+    got = {}
+
+    class Sampling(pl.BuiltinSampling):
+        def sample(self, sampler, schedule, denoiser, noise, latent, sigmas, seed, on_step, cfg):
+            x = schedule.noise_scaling(sigmas[0], noise, latent)
+            got["parts"] = denoiser(x, sigmas[0], parts=True)
+            got["plain"] = denoiser(x, sigmas[0])
+            return latent
+
+    p, rec = _recorder_pipe(parts, max_frames=16)
+    for guidance in (1.0, 3.0):
+        p(video(frames, 16, 16), pl.V2VSettings(steps=1, guidance=guidance, select_every_nth_frame=1, window_batch=1),
+          sampling=Sampling())
+        den, cond, uncond = got["parts"]
+        assert (cond - uncond).abs().max() > 1e-4
+        assert torch.allclose(den, uncond + guidance * (cond - uncond), atol=1e-5)
+        assert torch.allclose(den, got["plain"], atol=1e-5)

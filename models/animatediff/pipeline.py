@@ -447,7 +447,8 @@ class AnimateDiffV2V:
             with_uncond = need_uncond or not skip_uncond
             x5 = x_in.permute(1, 0, 2, 3)[None]
             use_hints = hints if (hints is not None and cn_range[1] <= sigma <= cn_range[0]) else None
-            fusers = None if whole else [cw.WindowFuser(x5.float(), ctx_opts, dim=2) for _ in range(3)]
+            parts_fused = 3 if need_uncond and with_uncond else 1  # cond/uncond fused apart only for CFG++ samplers
+            fusers = None if whole else [cw.WindowFuser(x5.float(), ctx_opts, dim=2) for _ in range(parts_fused)]
             by_len: dict[int, list[list[int]]] = {}
             for win in windows:
                 by_len.setdefault(len(win), []).append(win)
@@ -464,11 +465,9 @@ class AnimateDiffV2V:
                         return outs
                     for k, win in enumerate(part):
                         for fuser, o in zip(fusers, outs):
-                            if o is not None and (fuser is fusers[0] or need_uncond):
-                                fuser.add(win, o[k : k + 1])
-            res = [fusers[0].result()]
-            res += [f.result() for f in fusers[1:]] if need_uncond and with_uncond else [None, None]
-            return tuple(res)
+                            fuser.add(win, o[k : k + 1])
+            res = [f.result() for f in fusers]
+            return tuple(res + [None] * (3 - len(res)))
 
         def denoiser(x_in: torch.Tensor, sigma, parts: bool = False):
             """x [F,C,h,w] at ``sigma`` -> denoised (or (denoised, cond_denoised, uncond_denoised))."""
