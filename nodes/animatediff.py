@@ -192,6 +192,7 @@ class AnimateDiffSampler:
 
     RETURN_TYPES = ("IMAGE", "INT", "FLOAT")
     RETURN_NAMES = ("frames", "seed", "fps")
+    HOST_DEPENDENT_INPUTS = ("sampler_name", "scheduler")  # ComfyUI's full lists when hosted, the built-in ones otherwise
     FUNCTION = "sample"
     CATEGORY = CATEGORY
 

@@ -327,6 +327,7 @@ def test_every_node_registered_with_declared_inputs(server, object_info):
         info = object_info[node_id]
         declared = json.loads(json.dumps(cls.INPUT_TYPES()))
         dynamic = _folder_backed_inputs(cls)
+        hosted = set(getattr(cls, "HOST_DEPENDENT_INPUTS", ()))  # combos that list ComfyUI's own choices when hosted
         for section in ("required", "optional"):
             want, got = declared.get(section, {}), info["input"].get(section, {})
             if list(want) != list(got):
@@ -337,6 +338,10 @@ def test_every_node_registered_with_declared_inputs(server, object_info):
                     # folder-dependent combo: same kind, every file the tiny folders hold is offered
                     if not isinstance(got[name][0], list):
                         problems.append(f"{node_id}.{name}: expected a combo, got {got[name][0]!r}")
+                    continue
+                if name in hosted:
+                    if not (isinstance(got[name][0], list) and set(spec[0]) <= set(got[name][0])):
+                        problems.append(f"{node_id}.{name}: {got[name][0]} does not offer the built-in {spec[0]}")
                     continue
                 if got[name] != spec:
                     problems.append(f"{node_id}.{name}: {got[name]} != declared {spec}")
