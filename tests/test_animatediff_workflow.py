@@ -135,8 +135,8 @@ def test_loader_motion_scale_and_effect(models):
     inputs = dict(API["3"]["inputs"], motion_scale=1.3, motion_effect=0.4)
     spec = ad_nodes.AnimateDiffLoader.INPUT_TYPES()["optional"]
     assert spec["motion_scale"][1]["default"] == 1.0 and spec["motion_effect"][1]["default"] == 1.0
-    pipe, = ad_nodes.AnimateDiffLoader().load(**inputs)
-    mods = pipe.unet.motion.temporal_modules()
+    model, = ad_nodes.AnimateDiffLoader().load(**inputs)
+    mods = model.pipeline.unet.motion.temporal_modules()
     assert mods and all(m.scale == 1.3 and m.effect == 0.4 for m in mods)
 
 
