@@ -165,6 +165,9 @@ ENDPOINTS: dict[str, Endpoint] = {
             "loras": T("PoseAnimateAnimateDiff*Loader*", "loras_json"),
             "select_every_nth_frame": T("PoseAnimateAnimateDiff*", "select_every_nth_frame"),
             "seed": T("PoseAnimateAnimateDiff*", ("seed", "noise_seed")),
+            # local extras (the hosted endpoint fixes them): working size and frame cap
+            "short_side": T("PoseAnimateAnimateDiffSampler", "short_side"),
+            "max_frames": T("PoseAnimateAnimateDiffSampler", "max_frames"),
         },
         model_fields={"base_model": "checkpoints", "loras": "loras"},
         ignored=HOSTED_ONLY,
@@ -455,12 +458,32 @@ def _loras_json(name, value, options, warn=None) -> str:
         if not isinstance(item, dict) or not (item.get("path") or item.get("name")):
             raise RequestError(f"{where} must be an object with a 'path' (a file in ComfyUI's loras folder)",
                                {where: "no path"})
+        _refuse_remote_lora(f"{where}.path", item.get("path") or item.get("name"), opts)
         scale = item.get("scale", 1.0)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)):
             raise RequestError(f"{where}.scale must be a number, got {scale!r}", {f"{where}.scale": "not a number"})
         out.append({"name": match_model_name(f"{where}.path", item.get("path") or item.get("name"), opts, "loras", warn),
                     "scale": float(scale)})
     return json.dumps(out) if out else ""
+
+
+def _refuse_remote_lora(where: str, path, options) -> None:
+    """The hosted endpoint downloads ``loras[].path`` (URL or hub name); this client never downloads.
+    A hub-like ``owner/repo`` is refused only when the server's loras folder has nothing by that name."""
+    if not isinstance(path, str):
+        return
+    text = path.strip()
+    url = re.match(r"^(https?|hf|s3)://", text, re.I)
+    hub = (re.fullmatch(r"[\w.-]+/[\w.-]+(/[\w./-]+)?", text) and options is not None
+           and _normalised(text) not in {_normalised(o) for o in options})
+    if not (url or hub):
+        return
+    stem = text.split("?")[0].rstrip("/").rsplit("/", 1)[-1] or "lora"
+    name = stem if re.search(r"\.(safetensors|ckpt|pt|pth|bin)$", stem, re.I) else stem + ".safetensors"
+    what = "a URL" if url else "a Hugging Face hub name"
+    raise RequestError(f"{where}: {text!r} is {what}; this local endpoint never downloads. Download the LoRA file "
+                       f"yourself, put it in ComfyUI/models/loras/ (e.g. as {name}) and pass \"path\": \"{name}\"",
+                       {where: "URL / hub name: put the file in models/loras"})
 
 
 # --------------------------------------------------------------------------- server

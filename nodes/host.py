@@ -208,6 +208,109 @@ def step_callback(total: int):
     return callback
 
 
+def sampler_names(builtin) -> list[str]:
+    """ComfyUI's sampler list when hosted, else the pack's built-in ones."""
+    try:
+        import comfy.samplers  # type: ignore
+
+        return list(comfy.samplers.KSampler.SAMPLERS)
+    except ImportError:
+        return list(builtin)
+
+
+def scheduler_names(builtin) -> list[str]:
+    """ComfyUI's scheduler list when hosted, else the pack's built-in ones."""
+    try:
+        import comfy.samplers  # type: ignore
+
+        return list(comfy.samplers.KSampler.SCHEDULERS)
+    except ImportError:
+        return list(builtin)
+
+
+class _ModelObjects:
+    """What ComfyUI's samplers ask a model patcher for (``get_model_object('model_sampling')``)."""
+
+    def __init__(self, schedule):
+        self.schedule = schedule
+
+    def get_model_object(self, name: str):
+        if name != "model_sampling":
+            raise KeyError(f"the AnimateDiff denoiser has no model object {name!r}")
+        return self.schedule
+
+
+class _Inner:
+    def __init__(self, schedule):
+        self.model_sampling = schedule
+
+
+class _ComfyDenoiser:
+    """A pack denoiser in the shape ComfyUI's k-samplers call (their ``model_wrap``).
+
+    ``schedule`` must offer what ComfyUI's ``ModelSamplingDiscrete`` does (sigmas, sigma_min/max,
+    timestep, sigma, noise_scaling, inverse_noise_scaling, percent_to_sigma).
+    ``denoiser(x, sigma, parts=False)`` returns the CFG result, or with ``parts`` also the cond and
+    uncond predictions that CFG++ samplers read through ``sampler_post_cfg_function``.
+    """
+
+    def __init__(self, schedule, denoiser, cfg: float):
+        self.inner_model = _Inner(schedule)
+        self.model_patcher = _ModelObjects(schedule)
+        self.denoiser = denoiser
+        self.cfg = cfg
+
+    def __call__(self, x, sigma, model_options=None, seed=None, **_):
+        post = (model_options or {}).get("sampler_post_cfg_function", [])
+        if not post:
+            return self.denoiser(x, sigma)
+        denoised, cond, uncond = self.denoiser(x, sigma, parts=True)
+        for fn in post:
+            denoised = fn({"denoised": denoised, "cond": None, "uncond": None, "cond_scale": self.cfg, "model": self,
+                           "uncond_denoised": uncond, "cond_denoised": cond, "sigma": sigma,
+                           "model_options": model_options, "input": x})
+        return denoised
+
+
+class ComfySampling:
+    """Every sampler and scheduler ComfyUI offers, run by ComfyUI's own code on a pack denoiser.
+
+    Sigmas come from ComfyUI's ``KSampler`` (its schedulers, its ``denoise`` tail and its
+    discard-penultimate rule); sampling from ``sampler_object(name).sample`` with our
+    denoiser as the model. Nothing of ComfyUI is patched.
+    """
+
+    def __init__(self):
+        import comfy.samplers  # type: ignore
+
+        self._cs = comfy.samplers
+        self.samplers = list(comfy.samplers.KSampler.SAMPLERS)
+        self.schedulers = list(comfy.samplers.KSampler.SCHEDULERS)
+
+    def sigmas(self, schedule, scheduler: str, steps: int, denoise: float, sampler: str) -> torch.Tensor:
+        if sampler not in self.samplers:
+            raise ValueError(f"Unknown sampler {sampler!r}; ComfyUI offers: {', '.join(self.samplers)}.")
+        if scheduler not in self.schedulers:
+            raise ValueError(f"Unknown scheduler {scheduler!r}; ComfyUI offers: {', '.join(self.schedulers)}.")
+        ks = self._cs.KSampler(_ModelObjects(schedule), steps, "cpu", sampler=sampler, scheduler=scheduler, denoise=denoise)
+        return ks.sigmas.float().cpu()
+
+    def sample(self, sampler: str, schedule, denoiser, noise, latent, sigmas, seed: int, on_step, cfg: float):
+        model = _ComfyDenoiser(schedule, denoiser, cfg)
+        extra_args = {"model_options": {}, "seed": int(seed)}
+        callback = lambda i, denoised, x, total: on_step(i)  # noqa: E731
+        return self._cs.sampler_object(sampler).sample(model, sigmas, extra_args, callback, noise,
+                                                       latent_image=latent, disable_pbar=True)
+
+
+def comfy_sampling() -> ComfySampling | None:
+    """ComfyUI's samplers when hosted; None (the pack's built-in set) otherwise."""
+    try:
+        return ComfySampling()
+    except ImportError:
+        return None
+
+
 def free_memory() -> None:
     """Release cached accelerator memory after a run or an interrupt."""
     try:

@@ -24,6 +24,7 @@ PLANS = {
     "unianimate": ("UniAnimate-DiT: the photo dances like the video", "unianimate", "unianimate"),
     "pose_alignment": ("Pose alignment: dance poses fitted to the photo", "one_to_all_ref", "one_to_all"),
     "animatediff_v2v": ("AnimateDiff: a video redrawn by SD1.5", None, None),
+    "animatediff_v2v_pose": ("AnimateDiff + OpenPose: redrawn, poses kept", "none", "openpose"),
 }
 TILE = 200  # two rows of three square tiles: about the shape of a template card
 

@@ -14,6 +14,7 @@ TEMPLATES = {
     "one_to_all_animation_distilled": "One-to-All Animation 4-step distilled - animate a character photo with a dance video",
     "unianimate": "UniAnimate-DiT - animate a character photo with a dance video",
     "animatediff_v2v": "AnimateDiff - restyle a video with an SD1.5 model",
+    "animatediff_v2v_pose": "AnimateDiff with pose ControlNet - restyle a dance video, poses kept",
     "pose_alignment": "Pose Alignment - fit dance poses to a character photo",
 }
 

@@ -107,6 +107,28 @@ def test_fill_animatediff_models_and_loras():
     assert set(err.value.fields) == {"base_model"} and "cardosAnime_v20.safetensors" in str(err.value)
 
 
+@pytest.mark.parametrize("path,kind", [("https://civitai.com/api/download/models/12345", "a URL"),
+                                       ("https://huggingface.co/x/y/resolve/main/anime.safetensors", "a URL"),
+                                       ("someone/anime-lora", "a Hugging Face hub name")])
+def test_remote_lora_path_says_which_file_to_put_where(path, kind):
+    """The hosted endpoint downloads loras[].path; the client never does and says what to do instead."""
+    options = {("PoseAnimateAnimateDiffLoader", "lora_1"): ["None", "style.safetensors"]}
+    req = {"video_url": _data_uri(MP4, "video/mp4"), "prompt": "x", "loras": [{"path": path, "scale": 0.7}]}
+    with pytest.raises(client.RequestError) as err:
+        client.fill_workflow(client.ENDPOINTS["animatediff-v2v"], _ad_workflow(), req, options_of=lambda c, i: options[(c, i)])
+    text = str(err.value)
+    assert set(err.value.fields) == {"loras[0].path"} and kind in text and "never downloads" in text
+    assert "ComfyUI/models/loras/" in text and (".safetensors" in text.split("as ", 1)[1])
+
+
+def test_working_size_and_frame_cap_fields():
+    wf = _ad_workflow()
+    wf["8"]["inputs"].update(short_side=512, max_frames=0)
+    req = {"video_url": _data_uri(MP4, "video/mp4"), "prompt": "x", "short_side": 384, "max_frames": 48}
+    filled = client.fill_workflow(client.ENDPOINTS["animatediff-v2v"], wf, req)
+    assert (filled.prompt["8"]["inputs"]["short_side"], filled.prompt["8"]["inputs"]["max_frames"]) == (384, 48)
+
+
 def test_random_seed_when_absent_and_bad_seed_named():
     endpoint = client.ENDPOINTS["animatediff-v2v"]
     req = {"video_url": _data_uri(MP4, "video/mp4"), "prompt": "x"}
@@ -591,3 +613,30 @@ def test_client_real_timeout_cancels_job(server, media, tmp_path):
     if entry is not None:  # it had started: recorded as interrupted (else it was dropped from the queue)
         kinds = [m[0] for m in entry["status"]["messages"]]
         assert "execution_interrupted" in kinds and "execution_success" not in kinds, kinds
+
+
+@needs_comfyui
+def test_client_animatediff_1080p_runs_at_working_size(server, tiny_models, tmp_path):
+    """A 1920x1080 phone-style clip through client.py: diffused and saved at 904x512 (short side 512,
+    aspect kept, 910 cropped to a multiple of 8), not at 1080p."""
+    import numpy as np
+
+    from poseanimate.pose import video_io
+
+    wf = json.loads((client.WORKFLOWS / client.ENDPOINTS["animatediff-v2v"].workflow).read_text())
+    if _absent_model_files(server, wf):
+        pytest.skip("no tiny weights for the AnimateDiff workflow on the test server")
+    yy, xx = np.mgrid[0:1080, 0:1920]
+    frames = [np.stack([(xx * 255 // 1919), (yy * 255 // 1079), np.full_like(xx, 40 * t)], -1).astype(np.uint8)
+              for t in range(4)]
+    clip = tmp_path / "phone_1080p.mp4"
+    video_io.write_mp4(clip, np.stack(frames), 12.0)
+    request = {"prompt": "a person dancing, anime", "video_url": str(clip), "num_inference_steps": 1,
+               "select_every_nth_frame": 1, "seed": 3}
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    code, out, err = _main("animatediff-v2v", tmp_path / "request.json", "--server", server.base, "--out",
+                           tmp_path / "result.json", "--timeout", "480")
+    assert code == 0, err + "\n--- ComfyUI log ---\n" + server.log_tail(3000)
+    result = json.loads((tmp_path / "result.json").read_text())
+    got = _probe_video((tmp_path / result["video"]["file_name"]).read_bytes())
+    assert (got["width"], got["height"], got["frames"]) == (904, 512, 4), got

@@ -329,6 +329,7 @@ def test_every_node_registered_with_declared_inputs(server, object_info):
         info = object_info[node_id]
         declared = json.loads(json.dumps(cls.INPUT_TYPES()))
         dynamic = _folder_backed_inputs(cls)
+        hosted = set(getattr(cls, "HOST_DEPENDENT_INPUTS", ()))  # combos that list ComfyUI's own choices when hosted
         for section in ("required", "optional"):
             want, got = declared.get(section, {}), info["input"].get(section, {})
             if list(want) != list(got):
@@ -339,6 +340,10 @@ def test_every_node_registered_with_declared_inputs(server, object_info):
                     # folder-dependent combo: same kind, every file the tiny folders hold is offered
                     if not isinstance(got[name][0], list):
                         problems.append(f"{node_id}.{name}: expected a combo, got {got[name][0]!r}")
+                    continue
+                if name in hosted:
+                    if not (isinstance(got[name][0], list) and set(spec[0]) <= set(got[name][0])):
+                        problems.append(f"{node_id}.{name}: {got[name][0]} does not offer the built-in {spec[0]}")
                     continue
                 if got[name] != spec:
                     problems.append(f"{node_id}.{name}: {got[name]} != declared {spec}")
@@ -769,3 +774,19 @@ def test_video_preview_covers_no_node(workflow):
             if a0 < c1 and c0 < a1 and b0 < d1 and d0 < b1:
                 problems.append(f"nodes {a['id']} ({a['type']}) and {b['id']} ({b['type']}) overlap")
     assert not problems, "\n".join(problems)
+
+
+@needs_comfyui
+@pytest.mark.parametrize("sampler,scheduler", [("dpmpp_2m_sde", "karras"), ("uni_pc", "beta")])
+def test_animatediff_runs_comfyui_samplers(server, uploaded, media, tiny_models, sampler, scheduler):
+    """Inside ComfyUI the AnimateDiff sampler offers ComfyUI's samplers/schedulers and runs them
+    (through nodes/host.py); the progress bar ends exactly at its total (VAE batches + steps)."""
+    wf = json.loads((WORKFLOWS / "api" / "animatediff_v2v.json").read_text())
+    driving = server.upload(media / "poseanimate_driving.mp4", f"poseanimate_driving_ad_{sampler}.mp4")
+    prompt = _with_inputs(wf, uploaded["reference"], driving)
+    prompt["8"]["inputs"].update(sampler_name=sampler, scheduler=scheduler, steps=2)
+    result = server.run(prompt, timeout=480)
+    assert result.status == "success", f"{sampler}: {result.error_text()}" + _fail_context(server, tiny_models)
+    progress = [e for e in result.events("progress") if str(e.get("node")) == "8"]
+    assert progress and progress[-1]["value"] == progress[-1]["max"] == 1 + 2 + 1, progress
+    assert [e["value"] for e in progress] == sorted(e["value"] for e in progress)
