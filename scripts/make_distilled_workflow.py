@@ -1,11 +1,13 @@
 """Write workflows/one_to_all_animation_distilled.json (+ its API twin) from the official-settings
 One-to-All workflow: the same graph with a step-distillation LoRA in the loader and the sampler's
-distilled preset. Run it after editing workflows/one_to_all_animation.json (or its API twin):
+distilled preset. Run it after editing the official template (or its API twin workflows/api/one_to_all_animation.json):
 ``python scripts/make_distilled_workflow.py``; tests/test_one_to_all_workflow.py checks the pair."""
 import json
 from pathlib import Path
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+OFFICIAL = "One-to-All Animation - animate a character photo with a dance video.json"  # template (UI) names
+DISTILLED = "One-to-All Animation 4-step distilled - animate a character photo with a dance video.json"
 LORA = "wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors"
 LOADER = {"lora_1": LORA, "lora_1_strength": 1.0, "lora_mode": "merged"}
 SAMPLER = {"steps": 4, "image_guidance_scale": 1.0, "pose_guidance_scale": 1.0, "preset": "distilled"}
@@ -33,7 +35,7 @@ def _widget_names(node_class) -> list:
 
 
 def main() -> None:
-    ui = json.loads((WORKFLOWS / "one_to_all_animation.json").read_text())
+    ui = json.loads((WORKFLOWS / OFFICIAL).read_text())
     api = json.loads((WORKFLOWS / "api" / "one_to_all_animation.json").read_text())
     for node in ui["nodes"]:
         changes = {"PoseAnimateOneToAllLoader": LOADER, "PoseAnimateOneToAllSampler": SAMPLER}.get(node["type"])
@@ -50,7 +52,7 @@ def main() -> None:
         if node["class_type"] == "PoseAnimateOneToAllSampler":
             node["inputs"].update(SAMPLER)
             node["_meta"]["poseanimate_test_overrides"] = {"steps": 4, "resolution": "reference"}
-    (WORKFLOWS / "one_to_all_animation_distilled.json").write_text(json.dumps(ui, indent=1, ensure_ascii=False) + "\n")
+    (WORKFLOWS / DISTILLED).write_text(json.dumps(ui, indent=1, ensure_ascii=False) + "\n")
     (WORKFLOWS / "api" / "one_to_all_animation_distilled.json").write_text(json.dumps(api, indent=2, ensure_ascii=False) + "\n")
 
 
