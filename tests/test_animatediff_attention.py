@@ -52,6 +52,6 @@ def test_model_object_samples_into_the_runtime_result():
     assert model.progress_total(settings) == 2 and model.transformer_calls(6, settings) == 2  # 3 frames: one window
     result = model.sample(frames, settings, callback=lambda *a: ticks.append(1))
     assert isinstance(result, SampleResult) and result.frames.shape == frames.shape and result.seed == 3
-    assert result.info["generated_frames"] == 3 and len(ticks) == 2
+    assert result.info["generated_frames"] == 3 and len(ticks) == model.progress_total(settings, 6)
     inner = unet.unet if hasattr(unet, "unet") else unet
     assert inner.poseanimate_attention.name == "sdpa"  # the attention step ran in prepare
