@@ -152,8 +152,11 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_output(tmp_path):
 
 
 def test_kept_loaders_are_reused_and_replaced_per_class():
-    graph = json.loads((ROOT / "workflows" / "api" / "animatediff_v2v.json").read_text())
-    options = {"1": {"class_type": "PoseAnimateAnimateDiffContextOptions", "inputs": dict(graph["7"]["inputs"])}}
+    import poseanimate
+
+    spec = poseanimate.NODE_CLASS_MAPPINGS["PoseAnimateAnimateDiffContextOptions"].INPUT_TYPES()["required"]
+    defaults = {k: s[1]["default"] if len(s) > 1 and "default" in s[1] else s[0][0] for k, s in spec.items()}
+    options = {"1": {"class_type": "PoseAnimateAnimateDiffContextOptions", "inputs": defaults}}
     ex = executor.Executor(keep_loaders=True)
     first = ex.run(options)["1"][0]
     assert ex.run(options)["1"][0] is first and ex.reused == ["1"]
