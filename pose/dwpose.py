@@ -258,7 +258,7 @@ class DWPoseDetector:
                                      "outputs simcc_x [N, 133, 576] and simcc_y [N, 133, 768]")
 
     def describe(self) -> str:
-        return (f"dwpose ({self.det.path.name} + {self.pose.path.name}, {self.engine} on {self.device}, "
+        return (f"dwpose ({self.det.path.name} + {self.pose.path.name}, {self.pose.engine} on {self.pose.device}, "
                 f"channels {self.channel_order})")
 
     # -- stages --

@@ -7,6 +7,7 @@ always there with the GPU ComfyUI uses. The detectors (YOLOX, DWPose, ViTPose, Y
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -58,16 +59,26 @@ class OnnxModel:
     """``inputs``/``outputs`` as [(name, shape)] from the file; ``run`` maps arrays to arrays."""
 
     def __init__(self, path: Path | str, engine: str = "onnxruntime", device: str = "cpu",
-                 threads: int | None = None, source_hint: str = ""):
+                 threads: int | None = None, source_hint: str = "", strict: bool = False):
+        """A file whose ops the torch path lacks runs on onnxruntime (CPU) with a warning, or
+        raises UnsupportedOnnxOps when ``strict``."""
         self.path = Path(path)
         self.engine, self.device = engine, device
         self.hint = source_hint
-        if engine == "onnxruntime":
-            self._open_ort(threads)
-        elif engine == "torch":
-            self._open_torch()
-        else:
+        if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if engine == "torch":
+            from .onnx_torch import UnsupportedOnnxOps
+
+            try:
+                self._open_torch()
+            except UnsupportedOnnxOps as exc:
+                if strict:
+                    raise
+                logging.getLogger("PoseAnimate").warning("PoseAnimate: %s; running it on onnxruntime (CPU) instead", exc)
+                self.engine, self.device = "onnxruntime", "cpu"
+        if self.engine == "onnxruntime":
+            self._open_ort(threads)
         self.batched = is_dynamic(self.inputs[0][1][0]) if self.inputs and self.inputs[0][1] else False
 
     def _bad_file(self, exc) -> DetectorFilesError:

@@ -255,7 +255,7 @@ class ViTPoseDetector:
                                      "[N, 133, 64, 48] (a body-only ViTPose has 17 points)")
 
     def describe(self) -> str:
-        return (f"vitpose ({self.pose.path.name} + {self.det.path.name}, {self.engine} on {self.device}, "
+        return (f"vitpose ({self.pose.path.name} + {self.det.path.name}, {self.pose.engine} on {self.pose.device}, "
                 f"channels {self.channel_order})")
 
     def _pose_image(self, rgb: np.ndarray) -> np.ndarray:

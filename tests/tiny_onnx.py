@@ -246,6 +246,75 @@ def build_vitpose_spot(path: Path, weights, channel: int = 0, dynamic_batch: boo
     return _save(nodes, [inp], [out], inits, path)
 
 
+def build_vit_like(path: Path, dim: int = 96, depth: int = 2, heads: int = 4, num_kp: int = NUM_KP, seed: int = 0) -> Path:
+    """A small ViTPose-shaped network with random weights and the real I/O ([N,3,256,192] ->
+    [N,133,64,48]): 16x16 patch-embedding conv, ``depth`` pre-norm transformer blocks
+    (LayerNormalization, MatMul attention with Softmax, Erf GELU MLP), two 4x4 stride-2
+    ConvTranspose + BatchNormalization + Relu, a 1x1 conv head. For engine parity and speed."""
+    rng = np.random.default_rng(seed)
+    tokens, head_dim = 16 * 12, dim // heads
+    inits, nodes = {}, []
+
+    def w(name, *shape, scale=None):
+        inits[name] = (rng.standard_normal(shape) * (scale or 1 / np.sqrt(np.prod(shape[1:]) or 1))).astype(np.float32)
+        return name
+
+    def const(name, value, dtype=np.int64):
+        inits[name] = np.asarray(value, dtype)
+        return name
+
+    N = helper.make_node
+    nodes += [N("Conv", ["input", w("pe_w", dim, 3, 16, 16), w("pe_b", dim, scale=0.02)], ["pe"], strides=[16, 16]),
+              N("Reshape", ["pe", const("to_seq", [0, dim, tokens])], ["seq_t"]),
+              N("Transpose", ["seq_t"], ["x0"], perm=[0, 2, 1]),
+              N("Add", ["x0", w("pos", 1, tokens, dim, scale=0.02)], ["x0p"])]
+    x = "x0p"
+    for b in range(depth):
+        p = f"b{b}_"
+        nodes += [N("LayerNormalization", [x, const(p + "g1", np.ones(dim), np.float32), const(p + "be1", np.zeros(dim), np.float32)],
+                    [p + "n1"], axis=-1, epsilon=1e-6),
+                  N("MatMul", [p + "n1", w(p + "qkv", dim, 3 * dim)], [p + "qkv_o"]),
+                  N("Reshape", [p + "qkv_o", const(p + "qkv_s", [0, tokens, 3, heads, head_dim])], [p + "qkv_r"]),
+                  N("Transpose", [p + "qkv_r"], [p + "qkv_t"], perm=[2, 0, 3, 1, 4]),
+                  N("Split", [p + "qkv_t", const(p + "sp", [1, 1, 1])], [p + "q1", p + "k1", p + "v1"], axis=0),
+                  N("Squeeze", [p + "q1", const(p + "z", [0])], [p + "q"]),
+                  N("Squeeze", [p + "k1", p + "z"], [p + "k"]),
+                  N("Squeeze", [p + "v1", p + "z"], [p + "v"]),
+                  N("Transpose", [p + "k"], [p + "kt"], perm=[0, 1, 3, 2]),
+                  N("MatMul", [p + "q", p + "kt"], [p + "att"]),
+                  N("Mul", [p + "att", const(p + "scl", head_dim ** -0.5, np.float32)], [p + "atts"]),
+                  N("Softmax", [p + "atts"], [p + "attp"], axis=-1),
+                  N("MatMul", [p + "attp", p + "v"], [p + "ctx"]),
+                  N("Transpose", [p + "ctx"], [p + "ctx_t"], perm=[0, 2, 1, 3]),
+                  N("Reshape", [p + "ctx_t", const(p + "ctx_s", [0, tokens, dim])], [p + "ctx_r"]),
+                  N("MatMul", [p + "ctx_r", w(p + "proj", dim, dim)], [p + "o"]),
+                  N("Add", [x, p + "o"], [p + "x1"]),
+                  N("LayerNormalization", [p + "x1", const(p + "g2", np.ones(dim), np.float32), const(p + "be2", np.zeros(dim), np.float32)],
+                    [p + "n2"], axis=-1, epsilon=1e-6),
+                  N("MatMul", [p + "n2", w(p + "fc1", dim, 2 * dim)], [p + "h"]),
+                  N("Div", [p + "h", const(p + "sqrt2", np.sqrt(2.0), np.float32)], [p + "hd"]),
+                  N("Erf", [p + "hd"], [p + "he"]),
+                  N("Add", [p + "he", const(p + "one", 1.0, np.float32)], [p + "he1"]),
+                  N("Mul", [p + "h", p + "he1"], [p + "hm"]),
+                  N("Mul", [p + "hm", const(p + "half", 0.5, np.float32)], [p + "g"]),
+                  N("MatMul", [p + "g", w(p + "fc2", 2 * dim, dim)], [p + "m"]),
+                  N("Add", [p + "x1", p + "m"], [p + "out"])]
+        x = p + "out"
+    nodes += [N("Transpose", [x], ["feat_t"], perm=[0, 2, 1]),
+              N("Reshape", ["feat_t", const("to_map", [0, dim, 16, 12])], ["feat"])]
+    y, ch = "feat", dim
+    for d in range(2):
+        p = f"up{d}_"
+        nodes += [N("ConvTranspose", [y, w(p + "w", ch, 64, 4, 4)], [p + "t"], strides=[2, 2], pads=[1, 1, 1, 1]),
+                  N("BatchNormalization", [p + "t", const(p + "s", np.ones(64), np.float32), const(p + "b", np.zeros(64), np.float32),
+                                           const(p + "m", np.zeros(64), np.float32), const(p + "v", np.ones(64), np.float32)], [p + "n"]),
+                  N("Relu", [p + "n"], [p + "r"])]
+        y, ch = p + "r", 64
+    nodes.append(N("Conv", [y, w("head_w", num_kp, 64, 1, 1), w("head_b", num_kp, scale=0.02)], ["heatmaps"]))
+    inp, out = _vitpose_io(True, num_kp)
+    return _save(nodes, [inp], [out], [numpy_helper.from_array(v, k) for k, v in inits.items()], path)
+
+
 def write_corrupt(path: Path, data: bytes = b"this is not an onnx model\x00\x01") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
