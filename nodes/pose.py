@@ -82,7 +82,7 @@ class LoadPoseDetector:
         if backend not in BACKENDS:
             raise ValueError(f"Load Pose Detector: backend {backend!r} is not one of {BACKENDS}")
         if backend.startswith("mediapipe"):
-            detector = detect.load_detector("mediapipe")
+            detector = detect.load_detector("mediapipe", host.resolve_folder("pose_models"))
             return (detector, detect.describe(detector))
         family = "vitpose" if "vitpose" in backend else "dwpose"
         kw = {"device": _detector_device(device)}
@@ -91,7 +91,8 @@ class LoadPoseDetector:
         det_name, pose_name = (vitpose_detector, vitpose_model) if family == "vitpose" else (dwpose_detector, dwpose_model)
         if backend.startswith("auto"):
             detector, name = detect.load_auto(family, _maybe_file(det_name), _maybe_file(pose_name),
-                                              log=lambda text: _log.warning("PoseAnimate: %s", text), **kw)
+                                              log=lambda text: _log.warning("PoseAnimate: %s", text),
+                                              embedded_folder=host.resolve_folder("pose_models"), **kw)
             return (detector, name)
         det = host.resolve_model("pose_models", det_name)
         pose = host.resolve_model("pose_models", pose_name)

@@ -149,7 +149,8 @@ def detect_video(detector: PoseDetector, images, person: str = "largest", missin
 def load_detector(backend: str, folder: Path | str | None = None, **kw) -> PoseDetector:
     """Build a backend: "dwpose" (yolox_l.onnx + dw-ll_ucoco_384.onnx) or "vitpose" (yolov10m.onnx
     + a ViTPose whole-body .onnx), from ``folder`` or ``det_path=``/``pose_path=``; "mediapipe"
-    (embedded weights); "openpose_aux" is refused with the reason in OPENPOSE_AUX_REFUSAL."""
+    (embedded weights, or on mediapipe >= 1.x the .task files in ``folder``); "openpose_aux" is
+    refused with the reason in OPENPOSE_AUX_REFUSAL."""
     name = str(backend).strip().lower()
     if name == "dwpose":
         from .dwpose import DWPoseDetector
@@ -159,10 +160,10 @@ def load_detector(backend: str, folder: Path | str | None = None, **kw) -> PoseD
         from .vitpose import ViTPoseDetector
 
         return ViTPoseDetector(folder, **kw)
-    if name == "mediapipe":
-        from .mediapipe_pose import MediapipePoseDetector
+    if name == "mediapipe":  # bundled Holistic (<= 3.12), or the Tasks API's .task files in ``folder``
+        from .mediapipe_pose import load_embedded
 
-        return MediapipePoseDetector(**kw)
+        return load_embedded(folder, **kw)
     if name == "openpose_aux":
         raise ValueError(OPENPOSE_AUX_REFUSAL)
     raise ValueError(f"unknown pose backend {backend!r}; choose one of {BACKENDS}")
@@ -175,7 +176,8 @@ def describe(detector: PoseDetector) -> str:
 
 
 def load_auto(prefer: str, det_path: Path | str | None, pose_path: Path | str | None,
-              log: Callable[[str], None] | None = None, **kw) -> tuple[PoseDetector, str]:
+              log: Callable[[str], None] | None = None, embedded_folder: Path | str | None = None,
+              **kw) -> tuple[PoseDetector, str]:
     """The model family's own detector (``prefer``: "vitpose" or "dwpose") when both of its files
     exist, else the embedded mediapipe detector with a warning through ``log``.
 
@@ -189,8 +191,8 @@ def load_auto(prefer: str, det_path: Path | str | None, pose_path: Path | str | 
         return detector, describe(detector)
     files = ("yolov10m.onnx + vitpose_h_wholebody.onnx (or vitpose-l-wholebody.onnx)" if prefer == "vitpose"
              else "yolox_l.onnx + dw-ll_ucoco_384.onnx")
-    detector = load_detector("mediapipe")
-    text = (f"mediapipe (embedded) instead of {prefer}: {files} not found in models/pose_models; the poses "
+    detector = load_detector("mediapipe", embedded_folder)
+    text = (f"{describe(detector)} instead of {prefer}: {files} not found in models/pose_models; the poses "
             f"differ from the official pipeline's (see README, detectors)")
     if log is not None:
         log(text)
