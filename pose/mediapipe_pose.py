@@ -244,22 +244,28 @@ class MediapipeTasksDetector:
 
     def describe(self) -> str:
         parts = [p.name for p in self.files if p is not None]
-        body_only = "" if self.files[1] and self.files[2] else "; no hand/face .task: body and feet only"
-        return f"mediapipe {_mp_version()} Tasks ({' + '.join(parts)}{body_only})"
+        lacking = [what for path, what in zip(self.files[1:], ("hands", "face")) if path is None]
+        note = f"; no {' or '.join(lacking)} (.task file missing)" if lacking else ""
+        return f"mediapipe {_mp_version()} Tasks ({' + '.join(parts)}{note})"
+
+    def _open(self, kind: str, path: Path, **options):
+        v = self._vision
+        try:
+            return getattr(v, f"{kind}Landmarker").create_from_options(getattr(v, f"{kind}LandmarkerOptions")(
+                base_options=self._base(model_asset_path=str(path)), **options))
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise RuntimeError(f"mediapipe cannot load {path.name} from {path.parent}: {str(exc).rstrip('.')}. Replace it with Google's "
+                               f"original {kind.lower()} landmarker .task file.") from exc
 
     def _create(self):
-        v, mode = self._vision, (self._vision.RunningMode.VIDEO if self.video else self._vision.RunningMode.IMAGE)
+        mode = self._vision.RunningMode.VIDEO if self.video else self._vision.RunningMode.IMAGE
         conf = dict(running_mode=mode, min_tracking_confidence=self.track_conf)
         pose_path, hand_path, face_path = self.files
-        models = [v.PoseLandmarker.create_from_options(v.PoseLandmarkerOptions(
-            base_options=self._base(model_asset_path=str(pose_path)), num_poses=1,
-            min_pose_detection_confidence=self.det_conf, **conf))]
-        models.append(None if hand_path is None else v.HandLandmarker.create_from_options(v.HandLandmarkerOptions(
-            base_options=self._base(model_asset_path=str(hand_path)), num_hands=2,
-            min_hand_detection_confidence=self.det_conf, **conf)))
-        models.append(None if face_path is None else v.FaceLandmarker.create_from_options(v.FaceLandmarkerOptions(
-            base_options=self._base(model_asset_path=str(face_path)), num_faces=1,
-            min_face_detection_confidence=self.det_conf, **conf)))
+        models = [self._open("Pose", pose_path, num_poses=1, min_pose_detection_confidence=self.det_conf, **conf),
+                  None if hand_path is None else self._open("Hand", hand_path, num_hands=2,
+                                                            min_hand_detection_confidence=self.det_conf, **conf),
+                  None if face_path is None else self._open("Face", face_path, num_faces=1,
+                                                            min_face_detection_confidence=self.det_conf, **conf)]
         _LIVE.add(self)
         return models
 

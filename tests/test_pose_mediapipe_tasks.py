@@ -170,8 +170,20 @@ def test_tasks_detector_runs_the_three_landmarkers_in_video_mode(tmp_path, fake_
 def test_tasks_detector_without_hand_and_face_files(tmp_path, fake_tasks_mediapipe):
     (tmp_path / "pose_landmarker_lite.task").write_bytes(b"x")
     det = detect.load_detector("mediapipe", tmp_path)
-    assert "body and feet only" in detect.describe(det)
+    assert detect.describe(det) == "mediapipe 1.2.2 Tasks (pose_landmarker_lite.task; no hands or face (.task file missing))"
     (frame,) = det.detect_batch(np.zeros((1, 40, 30, 3), np.uint8))
     assert frame.num_people == 1 and np.all(frame.people[0, 24:] == 0)
     with pytest.raises(FileNotFoundError, match="pose_landmarker_full.task"):
         detect.load_detector("mediapipe", tmp_path / "empty")
+
+
+def test_an_unreadable_task_file_is_named(tmp_path, fake_tasks_mediapipe):
+    (tmp_path / "pose_landmarker_full.task").write_bytes(b"x")
+    det = detect.load_detector("mediapipe", tmp_path)
+
+    def refuse(options):
+        raise RuntimeError("Unable to open zip archive.")  # what mediapipe 1.2.2 says for a bad file
+
+    det._vision.PoseLandmarker.create_from_options = staticmethod(refuse)
+    with pytest.raises(RuntimeError, match="cannot load pose_landmarker_full.task from .*zip archive.*original pose"):
+        det.detect_batch(np.zeros((1, 8, 8, 3), np.uint8))
