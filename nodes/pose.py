@@ -95,21 +95,24 @@ class PrepareDrivingVideo:
                 "short_side": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16, "tooltip": "0 = the reference's own size"}),
                 "fit": (["crop", "pad", "stretch"], {"default": "crop"}),
             },
-            "optional": {"reference_image": ("IMAGE",)},
+            "optional": {"reference_image": ("IMAGE",),
+                         "fps": ("FLOAT", {"forceInput": True, "tooltip": "The driving video's fps (Get Video Components); "
+                                                                           "the fps output divides it by select_every_nth"})},
         }
 
-    RETURN_TYPES = ("IMAGE", "INT", "INT", "INT")
-    RETURN_NAMES = ("frames", "frame_count", "width", "height")
+    RETURN_TYPES = ("IMAGE", "INT", "INT", "INT", "FLOAT")
+    RETURN_NAMES = ("frames", "frame_count", "width", "height", "fps")
     FUNCTION = "prepare"
     CATEGORY = CATEGORY
 
-    def prepare(self, images, select_every_nth=1, max_frames=0, skip_first_frames=0, short_side=0, fit="crop", reference_image=None):
+    def prepare(self, images, select_every_nth=1, max_frames=0, skip_first_frames=0, short_side=0, fit="crop",
+                reference_image=None, fps=None):
         size = None
         if reference_image is not None:
             ref = frames.to_uint8_rgb(reference_image, "reference_image")
             size = (ref.shape[2], ref.shape[1])
         out = frames.prepare_driving(images, size, select_every_nth, max_frames, skip_first_frames, short_side, fit)
-        return (frames.to_image_tensor(out), len(out), out.shape[2], out.shape[1])
+        return (frames.to_image_tensor(out), len(out), out.shape[2], out.shape[1], frames.output_fps(fps, select_every_nth))
 
 
 class AlignPoses:

@@ -45,6 +45,14 @@ REFERENCE_MAX_SHORT = 576
 MIN_STEPS, MAX_STEPS = 2, 30
 MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 10.0
 DEFAULTS = {"resolution": "480p", "steps": 30, "image_guidance_scale": 2.0, "pose_guidance_scale": 1.5}
+# What the released scripts use per model size (``inference_14b.py``: max_short 576, guidance
+# (2.0, 1.5) as the hosted endpoint; ``inference_1.3b.py``: max_short 384, guidance (2.5, 1.5)).
+# A value the caller leaves as None takes the loaded model's entry.
+MODEL_DEFAULTS = {
+    "14b": {"image_guidance_scale": 2.0, "reference_max_short": REFERENCE_MAX_SHORT},
+    "1.3b": {"image_guidance_scale": 2.5, "reference_max_short": 384},
+}
+WIDTH_1_3B = 1536  # Wan2.1 1.3B's model width (14B: 5120)
 
 
 class OneToAllInputError(ValueError):
@@ -59,6 +67,12 @@ class OneToAllModel:
     dtype: torch.dtype = torch.float32
     device: torch.device | str = "cpu"
     name: str = ""
+    variant: str | None = None  # "14b" / "1.3b"; None = read from the transformer's width
+
+    @property
+    def defaults(self) -> dict:
+        """The released scripts' defaults for this model size (see ``MODEL_DEFAULTS``)."""
+        return MODEL_DEFAULTS[self.variant or variant_of(self.transformer)]
 
     def release(self) -> None:
         """After a run or an interrupt: drop swap prefetches / attention caches, free cached memory."""
@@ -95,13 +109,30 @@ class OneToAllResult:
                 "frames": self.plan.frames}
 
 
+def variant_of(transformer) -> str:
+    """"1.3b" for a transformer of Wan2.1 1.3B's width, else "14b" (the tiny test models count as 14B)."""
+    dim = getattr(transformer, "inner_dim", None)
+    return "1.3b" if dim == WIDTH_1_3B else "14b"
+
+
+def model_defaults(model) -> dict:
+    """``MODEL_DEFAULTS`` of a ``OneToAllModel`` or a bare transformer."""
+    return model.defaults if isinstance(model, OneToAllModel) else MODEL_DEFAULTS[variant_of(model)]
+
+
 # ------------------------------------------------------------------------------- image prep
-def output_size(reference_width: int, reference_height: int, resolution) -> tuple[int, int]:
-    """(W, H): a resolution name on the reference's aspect (multiples of 16), or an explicit (W, H)."""
+def output_size(reference_width: int, reference_height: int, resolution,
+                reference_max_short: int = REFERENCE_MAX_SHORT) -> tuple[int, int]:
+    """(W, H): a resolution name on the reference's aspect (multiples of 16), or an explicit (W, H).
+
+    'reference' caps the short side at ``reference_max_short`` (576 for 14B, 384 for 1.3B)."""
     if resolution == "reference":
         w, h = float(reference_width), float(reference_height)
-        if min(w, h) > REFERENCE_MAX_SHORT:  # the scripts' arithmetic: short side to the cap, long side truncated
-            w, h = (int(w * REFERENCE_MAX_SHORT / h), REFERENCE_MAX_SHORT) if h < w else (REFERENCE_MAX_SHORT, int(h * REFERENCE_MAX_SHORT / w))
+        cap = int(reference_max_short)
+        if cap < 16:
+            raise OneToAllInputError(f"reference_max_short must be at least 16 pixels, got {cap}.")
+        if min(w, h) > cap:  # the scripts' arithmetic: short side to the cap, long side truncated
+            w, h = (int(w * cap / h), cap) if h < w else (cap, int(h * cap / w))
         w, h = int(w // 16 * 16), int(h // 16 * 16)
         if w < 16 or h < 16:
             raise OneToAllInputError(f"the reference image ({reference_width}x{reference_height}) is smaller than 16 pixels; use a larger image.")
@@ -183,7 +214,7 @@ def sample_one_to_all(
     mask=None,
     resolution="480p",
     steps: int = 30,
-    image_guidance_scale: float = 2.0,
+    image_guidance_scale: float | None = None,
     pose_guidance_scale: float = 1.5,
     seed: int = 42,
     callback: Callable[[int], None] | None = None,
@@ -191,6 +222,7 @@ def sample_one_to_all(
     case1: bool = False,
     device=None,
     validate_ranges: bool = True,
+    reference_max_short: int | None = None,
 ) -> OneToAllResult:
     """Animate ``reference_image`` with ``pose_frames`` (rendered in the ``one_to_all`` style).
 
@@ -200,8 +232,14 @@ def sample_one_to_all(
     reference's own pose drawn without face, warped in 'pose' mode), ``mask`` (H, W) 1 = outpaint.
     ``callback(1)`` runs after every denoising step (chunks x steps in all); an exception it
     raises (ComfyUI's interrupt) stops sampling, and the run's tensors are dropped before it
-    propagates.
+    propagates. ``image_guidance_scale`` / ``reference_max_short`` left as None take the model
+    size's official values (``MODEL_DEFAULTS``: 2.0 / 576 for 14B, 2.5 / 384 for 1.3B).
     """
+    defaults = model_defaults(model)
+    if image_guidance_scale is None:
+        image_guidance_scale = defaults["image_guidance_scale"]
+    if reference_max_short is None:
+        reference_max_short = defaults["reference_max_short"]
     if validate_ranges:
         _check_scales(steps, image_guidance_scale, pose_guidance_scale)
     transformer = model.transformer if isinstance(model, OneToAllModel) else model
@@ -211,7 +249,7 @@ def sample_one_to_all(
     ref = to_uint8_rgb(reference_image, "reference_image")[0]
     poses = to_uint8_rgb(pose_frames, "pose_frames")
     ref_pose = to_uint8_rgb(reference_pose, "reference_pose")[0]
-    width, height = output_size(ref.shape[1], ref.shape[0], resolution)
+    width, height = output_size(ref.shape[1], ref.shape[0], resolution, reference_max_short)
     plan = plan_chunks(len(poses))
     guidance = guidance_plan(image_guidance_scale, pose_guidance_scale, case1=case1)
     scheduler = FlowMatchEuler.one_to_all(int(steps))
@@ -265,6 +303,7 @@ def _run(transformer, vae, embeds, ref, poses, ref_pose, mask, width, height, pl
                 generated.add(g)
     return OneToAllResult(out, chunk_latents, plan, width, height,
                           {"guidance": guidance.mode, "calls_per_step": len(guidance.calls),
+                           "image_guidance_scale": guidance.image_scale, "pose_guidance_scale": guidance.pose_scale,
                            "chunks": plan.ranges, "padded_frames": plan.padded_frames})
 
 
@@ -315,4 +354,5 @@ def _denoise_chunk(transformer, vae, scheduler, guidance, conditions, chunk, pre
 
 
 __all__ = ["OneToAllModel", "OneToAllResult", "OneToAllInputError", "sample_one_to_all", "output_size",
-           "resize_crop", "total_steps", "DEFAULTS", "OVERLAP_FRAMES", "RESOLUTIONS"]
+           "resize_crop", "total_steps", "DEFAULTS", "MODEL_DEFAULTS", "model_defaults", "variant_of",
+           "OVERLAP_FRAMES", "RESOLUTIONS"]

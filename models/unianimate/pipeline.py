@@ -42,11 +42,17 @@ from . import windows as win
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_SIZE = 224
-# (W, H) of the official portrait runs; the model was trained at 480p.
+# (W, H) of the official runs (``inference_unianimate_wan_480p.py``: height 832, width 480;
+# ``..._720p.py``: 1280 x 720), portrait whatever the reference; the model was trained at 480p.
 OFFICIAL_SIZES = {"480p": (480, 832), "720p": (720, 1280)}
-RESOLUTIONS = ("480p", "720p", "reference")  # "reference": the reference's own size, rounded up to 16
+KEEP_ASPECT = "_keep_aspect"
+# "480p"/"720p": the official size (the reference is stretched to it, as official);
+# "..._keep_aspect": the official pixel area on the reference's aspect (outside the training
+# distribution); "reference": the reference's own size, capped at REFERENCE_MAX_AREA.
+RESOLUTIONS = ("480p", "720p", "480p" + KEEP_ASPECT, "720p" + KEEP_ASPECT, "reference")
+REFERENCE_MAX_AREA = 720 * 1280  # the 720p pixel count: a 12-megapixel photo must not become a 12-MP video
 SIZE_MULTIPLE = 16
-ASPECT_SNAP = 0.03  # references within 3% of the official aspect get the official size exactly
+ASPECT_SNAP = 0.03  # keep-aspect: references within 3% of the official aspect get the official size exactly
 DEFAULT_STEPS = 30
 DEFAULT_CFG = 1.5
 LATENT_CHANNELS = 16
@@ -114,20 +120,27 @@ def _module_to(obj, device) -> None:
 
 # -------------------------------------------------------------------- sizes and frames
 def output_size(ref_width: int, ref_height: int, resolution: str = "480p") -> tuple[int, int]:
-    """(W, H) for a reference of this size: the official pixel area on the reference's aspect.
+    """(W, H) of the generated video for a reference of this size (see ``RESOLUTIONS``).
 
-    A portrait reference near the official 480:832 aspect gets exactly 480x832 (720x1280),
-    a landscape one the transposed size; others keep the official area with their own aspect,
-    both sides rounded to multiples of 16. ``reference``: the official scripts' rule for any
-    H x W (the reference's size rounded up to multiples of 16).
+    ``480p``/``720p``: the official scripts' fixed portrait size (480x832, 720x1280).
+    ``..._keep_aspect``: the official pixel area on the reference's aspect (a reference within 3%
+    of the official aspect, portrait or landscape, gets the official size or its transpose), both
+    sides rounded to multiples of 16. ``reference``: the official ``check_resize_height_width``
+    rule (the reference's size rounded up to 16), scaled down first to at most the 720p area.
     """
     if resolution not in RESOLUTIONS:
         raise UniAnimateInputError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}.")
     if ref_width < 1 or ref_height < 1:
         raise UniAnimateInputError(f"reference image has no pixels ({ref_width}x{ref_height}).")
     if resolution == "reference":
+        scale = min(1.0, math.sqrt(REFERENCE_MAX_AREA / (ref_width * ref_height)))
+        if scale < 1.0:  # round down so the cap holds after rounding to 16
+            down = lambda v: max(SIZE_MULTIPLE, int(v * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE)  # noqa: E731
+            return down(ref_width), down(ref_height)
         return check_size(ref_width, ref_height)
-    w0, h0 = OFFICIAL_SIZES[resolution]
+    if not resolution.endswith(KEEP_ASPECT):
+        return OFFICIAL_SIZES[resolution]
+    w0, h0 = OFFICIAL_SIZES[resolution[: -len(KEEP_ASPECT)]]
     if ref_width > ref_height:
         w0, h0 = h0, w0
     aspect = ref_width / ref_height
