@@ -306,6 +306,9 @@ def denoise(transformer, pose_token_fn: Callable[[win.Window], torch.Tensor], co
     ``first_features`` ``[n_windows, 1, 16, 2, h, w]``: the windows' private start states
     (drawn from ``generator`` when None). ``callback(1)`` runs after every window step (progress
     and interrupt); ``on_window(step, index, window, pos, neg)`` sees the raw model outputs.
+    The whole video's latents, the window average and the private states stay on the CPU; each
+    window's slice visits ``device`` for its step and comes back (as One-to-All's chunks do), so
+    the accelerator holds one window at a time whatever the video's length.
     """
     num_latent = noise.shape[2]
     plan = win.plan_windows(num_latent, context_size, context_overlap)
@@ -322,8 +325,8 @@ def denoise(transformer, pose_token_fn: Callable[[win.Window], torch.Tensor], co
     ctx_neg = cond.context_neg.to(device, dtype) if cfg != 1.0 else None
     states = _private_states(plan, noise, first_features, generator)
     tokens = _TokenCache(plan, pose_token_fn, device, dtype)
-    latents = noise.float().to(device)
-    states = [None if s is None else s.float().to(device) for s in states]
+    latents = noise.float().cpu()
+    states = [None if s is None else s.float().cpu() for s in states]
 
     def forward(x, t, context, pose):
         hidden = torch.cat([x.to(dtype), y], dim=1)
@@ -334,28 +337,30 @@ def denoise(transformer, pose_token_fn: Callable[[win.Window], torch.Tensor], co
         t = sched.timestep(step, 1, dtype=dtype, device=device)
         blender = win.WindowBlender(latents, plan) if len(plan) > 1 else None
         for index, window in enumerate(plan):
-            x = latents[:, :, list(window.frames)].clone() if blender is not None else latents
+            x = latents[:, :, list(window.frames)] if blender is not None else latents
+            x = x.to(device, copy=True)
             if window.private:
-                x[:, :, : window.private] = states[index]
+                x[:, :, : window.private] = states[index].to(device)
             pos = forward(x, t, ctx_pos, tokens.get(index))
             neg = forward(x, t, ctx_neg, None) if ctx_neg is not None else None
             if on_window is not None:
                 on_window(step, index, window, pos, neg)
             velocity = pos if neg is None else neg + cfg * (pos - neg)
-            stepped = sched.step(x, velocity, step, out_dtype=torch.float32)
-            del pos, neg, velocity
+            stepped = sched.step(x, velocity, step, out_dtype=torch.float32).cpu()
+            del pos, neg, velocity, x
             if blender is None:
                 latents = stepped
             else:
                 blender.add(window, stepped)
                 if window.private:
                     states[index] = stepped[:, :, : window.private].clone()
+            del stepped
             if callback is not None:
                 callback(1)
         if blender is not None:
             latents = blender.result()
     tokens.clear()
-    return latents.cpu()
+    return latents
 
 
 def _private_states(plan, noise, first_features, generator):
@@ -465,8 +470,9 @@ def generate(model: UniAnimateModel, vae, clip_vision, embeds: WanPromptEmbeds, 
                           generator=generator, dtype=dtype, device=device, callback=callback)
     finally:
         model.release()
-    video = vae.decode(latents)  # [1, 3, F, H, W] in [-1, 1]
+    video = vae.decode(latents).cpu()  # [1, 3, F, H, W] in [-1, 1]; no whole-video copy stays on the device
     frames = ((video[0].float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)  # official tensor2video
+    del video
     frames = frames.permute(1, 2, 3, 0)[:count].float() / 255.0
     return UniAnimateResult(frames.contiguous(), latents, width, height)
 
