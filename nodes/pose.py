@@ -52,7 +52,10 @@ class LoadPoseDetector:
 
 
 class DetectPoses:
-    """IMAGE frames -> POSE_KEYPOINT (whole body, real scores kept), with progress and cancel."""
+    """IMAGE frames -> POSE_KEYPOINT (whole body, real scores kept), with progress and cancel.
+
+    People are tracked over the clip, so the person kept is the same one in every frame;
+    optional One-Euro smoothing per track (pose/tracking.py, pose/smoothing.py)."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -60,10 +63,14 @@ class DetectPoses:
             "required": {
                 "images": ("IMAGE",),
                 "detector": (DETECTOR_TYPE,),
-                "person": (["largest", "first", "all"], {"default": "largest", "tooltip": "Which person to keep when several are found"}),
+                "person": (["largest", "first", "all", "index"], {"default": "largest", "tooltip": "Which person to keep, by track over the whole clip: largest on average, first seen, all (ordered by track), or the track number person_index"}),
                 "missing_frames": (["hold_last", "empty"], {"default": "hold_last", "tooltip": "Frames with nobody: repeat the last pose, or leave empty"}),
                 "batch_size": ("INT", {"default": 8, "min": 1, "max": 256}),
-            }
+            },
+            "optional": {
+                "person_index": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Track number for person = index (tracks are numbered in order of first appearance, left to right)"}),
+                "smoothing": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "One-Euro filter over each track's keypoints: 0 = off, 1 = strongest (fast moves still follow)"}),
+            },
         }
 
     RETURN_TYPES = ("POSE_KEYPOINT",)
@@ -71,11 +78,14 @@ class DetectPoses:
     FUNCTION = "detect"
     CATEGORY = CATEGORY
 
-    def detect(self, images, detector, person="largest", missing_frames="hold_last", batch_size=8):
+    def detect(self, images, detector, person="largest", missing_frames="hold_last", batch_size=8, person_index=0,
+               smoothing=0.0):
         pixels = frames.to_uint8_rgb(images, "images")
+        choice = str(int(person_index)) if person == "index" else person
         try:
-            found = detect.detect_video(detector, pixels, person=person, missing=missing_frames,
-                                        callback=host.step_callback(len(pixels)), batch_size=batch_size)
+            found = detect.detect_video(detector, pixels, person=choice, missing=missing_frames,
+                                        callback=host.step_callback(len(pixels)), batch_size=batch_size,
+                                        smoothing=float(smoothing))
         finally:
             host.free_memory()
         return (keypoints.frames_to_pose_keypoint(found),)
