@@ -71,6 +71,8 @@ class OneToAllTransformer(WanTransformer3DModel):
     ``controlnet_*`` and ``refextractor_*`` ones come from the official controlnet / refextractor
     configs (None = same as the main model)."""
 
+    supports_sequence_parallel = True  # forward splits its tokens itself (models/wan/sequence_parallel.py)
+
     _no_split_modules = ["OneToAllBlock", "TextFreeBlock"]
     _repeated_blocks = ["OneToAllBlock"]
 
@@ -225,6 +227,12 @@ class OneToAllTransformer(WanTransformer3DModel):
             spans, head_spans = [(0, seq, proj)], [(0, seq, temb)]
         context = self.condition_embedder.text_embedder(encoder_hidden_states)
 
+        sp = getattr(self, "poseanimate_sequence_parallel", None)
+        if sp is not None:  # this rank's part of the video tokens (models/wan/sequence_parallel.py)
+            tokens, freqs, spans = sp.shard(tokens), sp.shard(freqs), sp.shard_spans(spans, seq)
+            pose_tokens = sp.shard(pose_tokens) if pose_tokens is not None else None
+            backend = sp.backend(backend)
+
         x = tokens
         first_out = control = None
         for i, block in enumerate(self.blocks):
@@ -237,6 +245,8 @@ class OneToAllTransformer(WanTransformer3DModel):
                 x = x + self.controlnet_zero[j](control) * conditioning_scale
             if i == 0:
                 first_out = x
+        if sp is not None:
+            x = sp.gather(x)
 
         # output head: shift/scale from temb (per span), then unpatchify and drop the prefix frame
         normed = self.norm_out(x.float())
