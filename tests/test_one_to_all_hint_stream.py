@@ -63,3 +63,23 @@ def test_chunked_peak_memory_at_real_size_on_meta():
         del out
     ratio = peaks[PoseHintEncoder.chunk_frames] / peaks[0]
     assert ratio <= 0.35, ratio
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (real allocator peaks at 480x832 x 81 frames)")
+def test_chunked_peak_memory_and_result_on_cuda():
+    """The same figure from CUDA's allocator (kernel workspaces included), and the same output."""
+    torch.manual_seed(0)
+    enc = PoseHintEncoder(out_channels=5120).cuda().eval().requires_grad_(False)
+    video = torch.rand(1, 3, 81, 480, 832, device="cuda") * 2 - 1
+    peaks, outs = {}, {}
+    for chunk in (0, PoseHintEncoder.chunk_frames):
+        enc.chunk_frames = chunk
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            outs[chunk] = enc(video)
+        torch.cuda.synchronize()
+        peaks[chunk] = torch.cuda.max_memory_allocated() - base
+    assert peaks[PoseHintEncoder.chunk_frames] / peaks[0] <= 0.35
+    assert (outs[0] - outs[PoseHintEncoder.chunk_frames]).abs().max() <= 1e-4  # TF32/cuDNN algorithm choices
