@@ -10,7 +10,7 @@ import poseanimate
 from poseanimate.pose import frames
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = ("one_to_all_animation", "unianimate", "pose_alignment")
+WORKFLOWS = ("one_to_all_animation", "one_to_all_animation_distilled", "unianimate", "pose_alignment")
 PREPARE = "PoseAnimatePrepareDrivingVideo"
 
 

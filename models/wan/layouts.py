@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from .state_dict import WanWeightsError
+from ..runtime.weights import WanWeightsError
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "clip_vision")
 
