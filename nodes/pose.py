@@ -6,7 +6,6 @@ Each node is argument plumbing around pose/; model files come from ComfyUI's
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 
@@ -84,6 +83,9 @@ class DetectPoses:
                smoothing=0.0):
         pixels = frames.to_uint8_rgb(images, "images")
         choice = str(int(person_index)) if person == "index" else person
+        if is_blank_white(pixels):
+            host.notify("the images are (almost) all white, so no person can be found. A 16-bit PNG turns white in "
+                        "ComfyUI's Load Image: save it as an 8-bit PNG or a JPEG.")
         try:
             if len(pixels) == 1:  # a picture (the reference): capped size for huge photos, a smaller retry
                 found = [reference.detect_reference(detector, pixels[0], choice)[0]]
@@ -94,6 +96,16 @@ class DetectPoses:
         finally:
             host.free_memory()
         return (keypoints.frames_to_pose_keypoint(found),)
+
+
+def is_blank_white(pixels: np.ndarray) -> bool:
+    """Mostly white with almost no mid-tones: what ComfyUI's Load Image makes of a 16-bit PNG
+    (every sample above 255 clips to white; only near-black survives)."""
+    if not pixels.size:
+        return False
+    sample = pixels[..., ::4, ::4, :]
+    mid = np.mean((sample > 8) & (sample < 247))
+    return bool(np.mean(sample >= 250) > 0.5 and mid < 0.02)
 
 
 class PrepareDrivingVideo:
@@ -186,8 +198,14 @@ class AlignPoses:
         reference = keypoints.frames_from_pose_keypoint(reference_pose)[0]
         warps = mode == "one_to_all_pose"  # the only mode that reads the picture's pixels
         ref_img = frames.to_uint8_rgb(reference_image, "reference_image")[0] if warps and reference_image is not None else None
+        nobody = reference.num_people == 0 or not np.any(reference.people[:, :18, 2] > 0)
+        if nobody and mode != "none" and reference_image is not None and \
+                is_blank_white(frames.to_uint8_rgb(reference_image, "reference_image")[0]):
+            raise ValueError("the reference image is (almost) all white, so no person was found in it. A 16-bit PNG "
+                             "turns white in ComfyUI's Load Image: save the reference as an 8-bit PNG or a JPEG.")
         if not auto_anchor and anchor_frame >= len(driving):
-            raise ValueError(f"anchor_frame {anchor_frame} is past the last driving frame ({len(driving) - 1})")
+            raise ValueError(f"anchor_frame {anchor_frame} is past the last driving frame ({len(driving) - 1}); "
+                             f"use 0..{len(driving) - 1}")
         anchor = align.AUTO_ANCHOR if auto_anchor else anchor_frame
         result = align.align_poses(driving, reference, mode, ref_img, anchor, rescale=bool(rescale_limbs))
         if warps:
@@ -292,14 +310,9 @@ class SavePoseJSON:
 
     def save(self, poses, filename_prefix="PoseAnimate/poses"):
         parsed = keypoints.frames_from_pose_keypoint(poses)  # validates before writing
-        out_dir = host.output_directory()
-        prefix = filename_prefix.strip().lstrip("/\\") or "poses"
-        if ".." in prefix.replace("\\", "/").split("/"):
-            raise ValueError(f"filename_prefix {filename_prefix!r} must stay inside the output folder")
-        path = out_dir / f"{prefix}_{time.strftime('%Y%m%d-%H%M%S')}_{len(parsed):05d}f.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = host.new_output_file(filename_prefix, ".json")
         path.write_text(json.dumps(keypoints.frames_to_pose_keypoint(parsed)))
-        return {"ui": {"text": [str(path.relative_to(out_dir))]}, "result": ()}
+        return {"ui": {"text": [path.relative_to(host.output_directory()).as_posix()]}, "result": ()}
 
 
 class LoadPoseJSON:

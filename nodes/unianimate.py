@@ -15,6 +15,8 @@ rendered in the ``unianimate`` style (nodes/pose.py), and returns IMAGE frames a
 """
 from __future__ import annotations
 
+from ..models import lora_family
+from ..models.lora_family import check_lora_family, lora_keys
 from ..models.unianimate import pipeline
 from ..models.unianimate import windows as win
 from ..models.runtime import precision as wan_precision
@@ -79,6 +81,8 @@ class UniAnimateLoader:
         base = host.resolve_model("diffusion_models", base_model)
         unianimate = host.resolve_model("loras", unianimate_file)
         loras = chosen_loras(extra, EXTRA_LORAS)
+        for path, _ in loras:
+            check_lora_family(path.name, lora_keys(path), (lora_family.WAN,), "the UniAnimate loader's extra LoRA slots")
         transformer, pose_encoders = load_unianimate(base, unianimate, dtype=dtype, device="cpu", weight_dtype=weight_dtype,
                                                      lora_scale=float(unianimate_strength), merge=merge, extra_loras=loras)
         info = {"base": base_model, "unianimate": unianimate_file, "merged": merge, "loras": [str(p.name) for p, _ in loras]}

@@ -32,7 +32,10 @@ def select_indices(num_frames: int, every_nth: int = 1, max_frames: int = 0, ski
     if max_frames and max_frames > 0:
         idx = idx[:max_frames]
     if not idx:
-        raise FrameError(f"no frame left: {num_frames} frames, skip_first={skip_first}, every_nth={every_nth}")
+        if num_frames == 0:
+            raise FrameError("the driving video has 0 frames; upload a video that plays (at least one frame).")
+        raise FrameError(f"no frame left: the video has {num_frames} frames and skip_first_frames={skip_first} skips "
+                         f"them all; set skip_first_frames below {num_frames}.")
     return idx
 
 

@@ -9,6 +9,7 @@ import torch
 
 import client
 import poseanimate
+from paths import ui_workflow
 from poseanimate.models.one_to_all import pipeline
 from poseanimate.models.one_to_all.guidance import ONE_TO_ALL_NEGATIVE_PROMPT
 from poseanimate.models.one_to_all.loading import one_to_all_from_state_dict
@@ -16,7 +17,7 @@ from test_one_to_all_pipeline import LinearVAE, RecordingModel, embeds, images
 
 ROOT = Path(__file__).resolve().parents[1]
 API = json.loads((ROOT / "workflows" / "api" / "one_to_all_animation.json").read_text())
-UI = json.loads((ROOT / "workflows" / "one_to_all_animation.json").read_text())
+UI = json.loads(ui_workflow("one_to_all_animation").read_text())
 REF = ROOT / "tests" / "fixtures" / "reference" / "one_to_all"
 OFFICIAL_NEGATIVE = ("black background, Aerial view, aerial view, overexposed, low quality, deformation, a poor "
                      "composition, bad hands, bad teeth, bad eyes, bad limbs, distortion")

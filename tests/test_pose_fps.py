@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import poseanimate
+from paths import ui_workflow
 from poseanimate.pose import frames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def test_saved_video_fps_comes_from_prepare_driving_video(name):
     (create,) = [v for v in api.values() if v["class_type"] == "CreateVideo"]
     assert create["inputs"]["fps"] == [prep, 4] and api[prep]["inputs"]["fps"] == [comps, 2]
 
-    ui = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
+    ui = json.loads(ui_workflow(name).read_text())
     nodes = {n["id"]: n for n in ui["nodes"]}
     links = {link[0]: link for link in ui["links"]}
     (prep_ui,) = [n for n in ui["nodes"] if n["type"] == PREPARE]

@@ -129,6 +129,12 @@ def test_save_and_load_pose_json(tmp_path, monkeypatch):
         pose_nodes.LoadPoseJSON().load(file="../../etc/passwd")
     with pytest.raises(ValueError, match="output folder"):
         call("PoseAnimateSavePoseJSON", poses=data, filename_prefix="../escape")
+    again = call("PoseAnimateSavePoseJSON", poses=data, filename_prefix="run/poses")["ui"]["text"][0]
+    assert again != ui["ui"]["text"][0] and written.is_file(), "a second save with one prefix overwrote the first"
+    assert [p.name for p in sorted((tmp_path / "out" / "run").iterdir())] == ["poses_00001_.json", "poses_00002_.json"]
+    with pytest.raises(ValueError, match="absolute path"):
+        call("PoseAnimateSavePoseJSON", poses=data, filename_prefix=str(tmp_path / "abs" / "poses"))
+    assert not (tmp_path / "abs").exists()
 
 
 def test_missing_dwpose_files_name_the_folder(models_dir):
