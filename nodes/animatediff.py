@@ -15,7 +15,7 @@ from ..models.animatediff import context_windows as cw
 from ..models.animatediff import pipeline as pl
 from ..models.animatediff import samplers as sm
 from ..models.animatediff.model import PRECISIONS, AnimateDiffModel
-from .common import NONE, model_choices, released_after_run
+from .common import NONE, attention_input, model_choices, released_after_run, runtime_options
 
 CATEGORY = "PoseAnimate/animatediff"
 MODEL_TYPE = "POSEANIMATE_ANIMATEDIFF"
@@ -68,6 +68,7 @@ class AnimateDiffLoader:
                                            "tooltip": "ADE scale_multival: multiplies the motion attention keys (more/less motion)"}),
                 "motion_effect": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.001,
                                             "tooltip": "ADE effect_multival: blends each motion module's output with its input (0 = off)"}),
+                "attention": attention_input(),
             },
         }
 
@@ -77,7 +78,7 @@ class AnimateDiffLoader:
     CATEGORY = CATEGORY
 
     def load(self, checkpoint, motion_module, controlnet=NONE, precision="auto", loras_json="", motion_scale=1.0,
-             motion_effect=1.0, **kw):
+             motion_effect=1.0, attention="auto", **kw):
         from ..models.animatediff import controlnet as cn_io
         from ..models.animatediff import lora as lora_io
         from ..models.animatediff import motion_loader, sd15_checkpoint, unet3d
@@ -102,7 +103,7 @@ class AnimateDiffLoader:
         unet = unet3d.build_animated_unet(parts.unet, motion)
         pipe = pl.AnimateDiffV2V(unet, parts.vae, parts.text_encoder, parts.tokenizer, controlnet=cn,
                                  motion_format=motion.format, precision=precision)
-        return (AnimateDiffModel(pipe, host.torch_device(), host.offload_device()),)
+        return (AnimateDiffModel(pipe, host.torch_device(), host.offload_device(), runtime_options(attention=attention)),)
 
 
 class AnimateDiffContextOptions:

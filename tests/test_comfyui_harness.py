@@ -16,8 +16,8 @@ Generic on purpose, so later workflows are picked up by dropping files in workfl
   temp models dir (one sub-folder per ComfyUI folder name, files named exactly as the
   workflows name them); every sub-folder is mapped in extra_model_paths.yaml;
 * expected video: frames = driving frames after PoseAnimatePrepareDrivingVideo's settings,
-  size = the reference's, fps = CreateVideo's (or the clip's when wired from
-  GetVideoComponents); a workflow that changes these states its own in the SaveVideo node's
+  size = the reference's, fps = CreateVideo's (the clip's when wired from GetVideoComponents,
+  divided by select_every_nth when wired from PoseAnimatePrepareDrivingVideo); a workflow that changes these states its own in the SaveVideo node's
   ``_meta.poseanimate_expect`` = {"frames": n, "width": w, "height": h, "fps": f}.
 
 The workflow-file checks at the end need no ComfyUI and always run.
@@ -195,6 +195,9 @@ def _expected_video(prompt: dict, save_id: str) -> dict:
                 expect["fps"] = float(fps)
             elif prompt[str(fps[0])]["class_type"] == "GetVideoComponents":
                 expect["fps"] = float(CLIP_FPS)  # the driving clip's own rate
+            elif prompt[str(fps[0])]["class_type"] == "PoseAnimatePrepareDrivingVideo":
+                nth = int(prompt[str(fps[0])]["inputs"].get("select_every_nth", 1))
+                expect["fps"] = float(CLIP_FPS) / nth  # the rate of the frames kept
     return expect
 
 

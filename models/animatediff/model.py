@@ -5,7 +5,8 @@ models; this object adds what every family's model object has: ``prepare`` place
 text encoder and ControlNet in the loader's precision and the VAE in its own (the placement
 step), ``sample`` runs a video through the pipeline into the runtime's ``SampleResult``,
 ``release`` gives the memory back, ``progress_total`` / ``transformer_calls`` count steps and
-UNet calls. Block swap and the Wan attention backends do not apply to the SD1.5 UNet.
+UNet calls; the attention step puts the runtime's backend (SDPA, flash-attn, SageAttention) on
+the UNet's and ControlNet's attention. Block swap does not apply to the SD1.5 UNet.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..runtime.attention import install_diffusers_attention
 from ..runtime.lifecycle import RuntimeModel, RuntimeOptions, SampleResult
 from . import context_windows as cw
 from .pipeline import AnimateDiffV2V, V2VSettings
@@ -49,6 +51,14 @@ class AnimateDiffModel(RuntimeModel):
     @property
     def precision(self) -> str:
         return self.pipeline.precision
+
+    def install_attention(self, backend: str) -> None:
+        """The SD1.5 UNet's and ControlNet's spatial attention on the runtime backend (the motion
+        module's temporal attention spans at most 32 frames and stays on SDPA)."""
+        resolved = None
+        for module in (self.pipeline.unet, self.pipeline.controlnet):
+            if module is not None:
+                resolved = install_diffusers_attention(module, resolved or backend)
 
     def place(self, device: torch.device) -> None:
         dtype, vae_dtype = dtypes_for(self.pipeline.precision, device)
