@@ -6,6 +6,7 @@ Each node is argument plumbing around pose/; model files come from ComfyUI's
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 
@@ -16,7 +17,13 @@ CATEGORY = "PoseAnimate/pose"
 DETECTOR_TYPE = "POSEANIMATE_POSE_DETECTOR"
 DWPOSE_DET = "yolox_l.onnx"
 DWPOSE_POSE = "dw-ll_ucoco_384.onnx"
-BACKENDS = ("mediapipe (embedded)", "dwpose (onnx)")
+VITPOSE_DET = "yolov10m.onnx"
+VITPOSE_POSE = "vitpose_h_wholebody.onnx"
+BACKENDS = ("mediapipe (embedded)", "dwpose (onnx)", "vitpose (onnx)", "auto: vitpose (One-to-All)",
+            "auto: dwpose (UniAnimate)")
+CHANNEL_ORDERS = ("default", "rgb", "bgr")
+DEVICES = ("auto", "cpu", "gpu")
+_log = logging.getLogger("PoseAnimate")
 
 
 def _onnx_choices(default: str) -> list[str]:
@@ -24,35 +31,79 @@ def _onnx_choices(default: str) -> list[str]:
     return names or [default]
 
 
+def _detector_device(device: str) -> str:
+    """auto -> ComfyUI's torch device (torch engine on a GPU, onnxruntime on the CPU); gpu -> it or an error."""
+    if device == "cpu":
+        return "cpu"
+    chosen = host.torch_device()
+    if chosen.type == "cpu":
+        if device == "gpu":
+            raise ValueError("Load Pose Detector: device 'gpu' asked for, but ComfyUI runs on the CPU; choose 'auto' or 'cpu'")
+        return "cpu"
+    return str(chosen)
+
+
+def _maybe_file(name: str):
+    try:
+        return host.resolve_model("pose_models", name)
+    except host.ModelFileError:
+        return None
+
+
 class LoadPoseDetector:
-    """Pose detector: the embedded mediapipe model (nothing to download) or DWPose ONNX files."""
+    """Pose detector: the embedded mediapipe model (nothing to download), DWPose or ViTPose ONNX
+    files, or ``auto``: the model family's own detector when its files are in pose_models, else
+    the embedded one (with a warning). The second output names the detector actually used."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "backend": (list(BACKENDS), {"default": BACKENDS[0]}),
+                "backend": (list(BACKENDS), {"default": BACKENDS[0], "tooltip": "auto: the detector the model was trained with (One-to-All: ViTPose + YOLOv10, UniAnimate: DWPose) when its files are in models/pose_models, else the embedded mediapipe one"}),
                 "dwpose_detector": (_onnx_choices(DWPOSE_DET), {"tooltip": f"YOLOX person detector ({DWPOSE_DET}) in models/pose_models"}),
                 "dwpose_model": (_onnx_choices(DWPOSE_POSE), {"tooltip": f"DWPose whole-body model ({DWPOSE_POSE}) in models/pose_models"}),
-            }
+            },
+            "optional": {
+                "vitpose_model": (_onnx_choices(VITPOSE_POSE), {"default": VITPOSE_POSE, "tooltip": "ViTPose whole-body model in models/pose_models (vitpose_h_wholebody.onnx as One-to-All uses, or vitpose-l-wholebody.onnx)"}),
+                "vitpose_detector": (_onnx_choices(VITPOSE_DET), {"default": VITPOSE_DET, "tooltip": f"YOLOv10 person detector ({VITPOSE_DET}) in models/pose_models"}),
+                "channel_order": (list(CHANNEL_ORDERS), {"default": "default", "tooltip": "Colour order fed to the ONNX networks. default: DWPose gets each network's training order, ViTPose One-to-All's official order (YOLO RGB, ViTPose BGR). UniAnimate's official scripts feed BGR to both DWPose networks"}),
+                "device": (list(DEVICES), {"default": "auto", "tooltip": "ONNX detectors: auto = ComfyUI's GPU through torch when there is one, else onnxruntime on the CPU"}),
+            },
         }
 
-    RETURN_TYPES = (DETECTOR_TYPE,)
-    RETURN_NAMES = ("detector",)
+    RETURN_TYPES = (DETECTOR_TYPE, "STRING")
+    RETURN_NAMES = ("detector", "detector_name")
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, backend, dwpose_detector=DWPOSE_DET, dwpose_model=DWPOSE_POSE):
-        if backend.startswith("dwpose"):
-            det = host.resolve_model("pose_models", dwpose_detector)
-            pose = host.resolve_model("pose_models", dwpose_model)
-            return (detect.load_detector("dwpose", det_path=det, pose_path=pose),)
-        return (detect.load_detector("mediapipe"),)
+    def load(self, backend, dwpose_detector=DWPOSE_DET, dwpose_model=DWPOSE_POSE, vitpose_model=VITPOSE_POSE,
+             vitpose_detector=VITPOSE_DET, channel_order="default", device="auto"):
+        if backend not in BACKENDS:
+            raise ValueError(f"Load Pose Detector: backend {backend!r} is not one of {BACKENDS}")
+        if backend.startswith("mediapipe"):
+            detector = detect.load_detector("mediapipe", host.resolve_folder("pose_models"))
+            return (detector, detect.describe(detector))
+        family = "vitpose" if "vitpose" in backend else "dwpose"
+        kw = {"device": _detector_device(device)}
+        if channel_order != "default":
+            kw["channel_order"] = channel_order
+        det_name, pose_name = (vitpose_detector, vitpose_model) if family == "vitpose" else (dwpose_detector, dwpose_model)
+        if backend.startswith("auto"):
+            detector, name = detect.load_auto(family, _maybe_file(det_name), _maybe_file(pose_name),
+                                              log=lambda text: _log.warning("PoseAnimate: %s", text),
+                                              embedded_folder=host.resolve_folder("pose_models"), **kw)
+            return (detector, name)
+        det = host.resolve_model("pose_models", det_name)
+        pose = host.resolve_model("pose_models", pose_name)
+        detector = detect.load_detector(family, det_path=det, pose_path=pose, **kw)
+        return (detector, detect.describe(detector))
 
 
 class DetectPoses:
     """IMAGE frames -> POSE_KEYPOINT (whole body, real scores kept), with progress and cancel.
 
+    People are tracked over the clip, so the person kept is the same one in every frame;
+    optional One-Euro smoothing per track (pose/tracking.py, pose/smoothing.py).
     A single image (the reference) is detected at most 2048 px on its long side, and once more
     at 640 px when nobody is found (pose/reference.py)."""
 
@@ -62,10 +113,14 @@ class DetectPoses:
             "required": {
                 "images": ("IMAGE",),
                 "detector": (DETECTOR_TYPE,),
-                "person": (["largest", "first", "all"], {"default": "largest", "tooltip": "Which person to keep when several are found"}),
+                "person": (["largest", "first", "all", "index"], {"default": "largest", "tooltip": "Which person to keep, by track over the whole clip: largest on average, first seen, all (ordered by track), or the track number person_index"}),
                 "missing_frames": (["hold_last", "empty"], {"default": "hold_last", "tooltip": "Frames with nobody: repeat the last pose, or leave empty"}),
                 "batch_size": ("INT", {"default": 8, "min": 1, "max": 256}),
-            }
+            },
+            "optional": {
+                "person_index": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Track number for person = index (tracks are numbered in order of first appearance, left to right)"}),
+                "smoothing": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "One-Euro filter over each track's keypoints: 0 = off, 1 = strongest (fast moves still follow)"}),
+            },
         }
 
     RETURN_TYPES = ("POSE_KEYPOINT",)
@@ -73,17 +128,20 @@ class DetectPoses:
     FUNCTION = "detect"
     CATEGORY = CATEGORY
 
-    def detect(self, images, detector, person="largest", missing_frames="hold_last", batch_size=8):
+    def detect(self, images, detector, person="largest", missing_frames="hold_last", batch_size=8, person_index=0,
+               smoothing=0.0):
         pixels = frames.to_uint8_rgb(images, "images")
+        choice = str(int(person_index)) if person == "index" else person
         if is_blank_white(pixels):
             host.notify("the images are (almost) all white, so no person can be found. A 16-bit PNG turns white in "
                         "ComfyUI's Load Image: save it as an 8-bit PNG or a JPEG.")
         try:
             if len(pixels) == 1:  # a picture (the reference): capped size for huge photos, a smaller retry
-                found = [reference.detect_reference(detector, pixels[0], person)[0]]
+                found = [reference.detect_reference(detector, pixels[0], choice)[0]]
             else:
-                found = detect.detect_video(detector, pixels, person=person, missing=missing_frames,
-                                            callback=host.step_callback(len(pixels)), batch_size=batch_size)
+                found = detect.detect_video(detector, pixels, person=choice, missing=missing_frames,
+                                            callback=host.step_callback(len(pixels)), batch_size=batch_size,
+                                            smoothing=float(smoothing))
         finally:
             host.free_memory()
         return (keypoints.frames_to_pose_keypoint(found),)
@@ -126,16 +184,18 @@ class PrepareDrivingVideo:
                 "reference_image": ("IMAGE", {"tooltip": "The reference picture (its aspect is used by crop/pad/stretch)"}),
                 "reference_pose": ("POSE_KEYPOINT", {"tooltip": "The reference's detected pose: checked before the "
                                                                 "driving video is touched; its canvas gives the aspect"}),
+                "fps": ("FLOAT", {"forceInput": True, "tooltip": "The driving video's fps (Get Video Components); "
+                                                                  "the fps output divides it by select_every_nth"}),
             },
         }
 
-    RETURN_TYPES = ("IMAGE", "INT", "INT", "INT")
-    RETURN_NAMES = ("frames", "frame_count", "width", "height")
+    RETURN_TYPES = ("IMAGE", "INT", "INT", "INT", "FLOAT")
+    RETURN_NAMES = ("frames", "frame_count", "width", "height", "fps")
     FUNCTION = "prepare"
     CATEGORY = CATEGORY
 
     def prepare(self, images, select_every_nth=1, max_frames=0, skip_first_frames=0, short_side=0, fit="crop",
-                reference_image=None, reference_pose=None):
+                reference_image=None, reference_pose=None, fps=None):
         size = None
         if reference_pose is not None:
             parsed = keypoints.frames_from_pose_keypoint(reference_pose)
@@ -149,7 +209,7 @@ class PrepareDrivingVideo:
                 raise ValueError(f"reference_image must be an IMAGE batch (1, H, W, C), got shape {tuple(shape)}")
             size = (int(shape[2]), int(shape[1]))
         out = frames.prepare_driving_image(images, size, select_every_nth, max_frames, skip_first_frames, short_side, fit)
-        return (out, int(out.shape[0]), int(out.shape[2]), int(out.shape[1]))
+        return (out, int(out.shape[0]), int(out.shape[2]), int(out.shape[1]), frames.output_fps(fps, select_every_nth))
 
 
 class AlignPoses:

@@ -133,8 +133,11 @@ class UniAnimateSampler:
                 "pose_images": ("IMAGE", {"tooltip": "Driving poses aligned in 'unianimate' mode and drawn in the 'unianimate' style"}),
                 "reference_pose_image": ("IMAGE", {"tooltip": "The reference's own pose drawn in the 'unianimate' style"}),
                 "resolution": (list(pipeline.RESOLUTIONS), {"default": "480p",
-                                                            "tooltip": "480p: 480x832 area (the trained size), 720p: 720x1280 area, on the "
-                                                                       "reference's aspect, multiples of 16; reference: the reference's own size"}),
+                                                            "tooltip": "480p / 720p: the official size, 480x832 / 720x1280 portrait (480p is "
+                                                                       "the trained size; the reference is stretched to it, as official). "
+                                                                       "*_keep_aspect: the same pixel area on the reference's aspect; outside "
+                                                                       "the training distribution, expect weaker results. reference: the "
+                                                                       "reference's own size, capped at the 720p area"}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
                 "steps": ("INT", {"default": pipeline.DEFAULT_STEPS, "min": 1, "max": 100}),
                 "cfg": ("FLOAT", {"default": pipeline.DEFAULT_CFG, "min": 1.0, "max": 20.0, "step": 0.1,

@@ -12,9 +12,9 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from .keypoints import PoseFrame, select_person
+from .keypoints import PoseFrame
 
-BACKENDS = ("dwpose", "mediapipe")
+BACKENDS = ("dwpose", "vitpose", "mediapipe")
 # Why there is no classic-OpenPose backend through controlnet-aux 0.0.10 (checked on its wheel):
 # importing controlnet_aux.open_pose runs controlnet_aux/__init__.py, which imports every
 # annotator (timm, einops, scikit-image, torchvision users); open_pose/__init__.py itself
@@ -76,16 +76,6 @@ def as_uint8_rgb(images) -> np.ndarray:
     return np.ascontiguousarray((np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8))
 
 
-def _choose(frame: PoseFrame, person: str) -> PoseFrame:
-    if person == "all":
-        return frame.copy()
-    if person.isdigit():  # an index that this frame does not have means nobody (then `missing` applies)
-        idx = int(person)
-        people = frame.people[idx : idx + 1] if idx < frame.num_people else frame.people[:0]
-        return PoseFrame(frame.width, frame.height, people.copy())
-    return select_person(frame, person)
-
-
 def _check_person(person: str) -> str:
     person = str(person).strip()
     if person in PERSON_CHOICES:
@@ -119,13 +109,20 @@ def fill_missing(frames: list[PoseFrame], missing: str = "hold_last") -> list[Po
 
 
 def detect_video(detector: PoseDetector, images, person: str = "largest", missing: str = "hold_last",
-                 callback: Callable[[int], None] | None = None, batch_size: int = 8) -> list[PoseFrame]:
+                 callback: Callable[[int], None] | None = None, batch_size: int = 8,
+                 smoothing: float = 0.0) -> list[PoseFrame]:
     """Detect poses in every frame, ``batch_size`` frames per backend call.
 
-    person: "largest" | "first" | "all" | an index as text; missing: "hold_last" | "empty";
+    People are linked into tracks over the clip (pose/tracking.py) and ``person`` picks a track:
+    "largest" (largest on average over the clip) | "first" (first seen) | "all" (ordered by
+    track) | a track index as text. ``smoothing`` in 0..1 runs the One-Euro filter of
+    pose/smoothing.py on each kept track (0 = off). missing: "hold_last" | "empty";
     callback(n) runs after each batch with the number of frames done in it (the node passes
     host.step_callback, which also raises on interrupt).
     """
+    from .smoothing import smooth_tracks
+    from .tracking import select_tracks, track_people
+
     person = _check_person(person)
     if missing not in MISSING_CHOICES:
         raise ValueError(f"missing must be one of {MISSING_CHOICES}, got {missing!r}")
@@ -140,24 +137,63 @@ def detect_video(detector: PoseDetector, images, person: str = "largest", missin
         found = detector.detect_batch(chunk)
         if len(found) != len(chunk):
             raise RuntimeError(f"pose backend {detector.name!r} returned {len(found)} frames for {len(chunk)} images")
-        out.extend(_choose(f, person) for f in found)
+        out.extend(found)
         if callback is not None:
             callback(len(chunk))
+    out, ids = select_tracks(out, track_people(out), person)
+    if smoothing:
+        out = smooth_tracks(out, ids, smoothing)
     return fill_missing(out, missing)
 
 
 def load_detector(backend: str, folder: Path | str | None = None, **kw) -> PoseDetector:
-    """Build a backend: "dwpose" (ONNX files in ``folder``, or ``det_path=``/``pose_path=``), "mediapipe" (embedded weights of
-    mediapipe 0.10.21); "openpose_aux" is refused with the reason in OPENPOSE_AUX_REFUSAL."""
+    """Build a backend: "dwpose" (yolox_l.onnx + dw-ll_ucoco_384.onnx) or "vitpose" (yolov10m.onnx
+    + a ViTPose whole-body .onnx), from ``folder`` or ``det_path=``/``pose_path=``; "mediapipe"
+    (embedded weights, or on mediapipe >= 1.x the .task files in ``folder``); "openpose_aux" is
+    refused with the reason in OPENPOSE_AUX_REFUSAL."""
     name = str(backend).strip().lower()
     if name == "dwpose":
         from .dwpose import DWPoseDetector
 
         return DWPoseDetector(folder, **kw)  # folder, or det_path= and pose_path=
-    if name == "mediapipe":
-        from .mediapipe_pose import MediapipePoseDetector
+    if name == "vitpose":
+        from .vitpose import ViTPoseDetector
 
-        return MediapipePoseDetector(**kw)
+        return ViTPoseDetector(folder, **kw)
+    if name == "mediapipe":  # bundled Holistic (<= 3.12), or the Tasks API's .task files in ``folder``
+        from .mediapipe_pose import load_embedded
+
+        return load_embedded(folder, **kw)
     if name == "openpose_aux":
         raise ValueError(OPENPOSE_AUX_REFUSAL)
     raise ValueError(f"unknown pose backend {backend!r}; choose one of {BACKENDS}")
+
+
+def describe(detector: PoseDetector) -> str:
+    """One line naming the detector actually in use (files, engine, channel order)."""
+    text = getattr(detector, "describe", None)
+    return text() if callable(text) else str(getattr(detector, "name", type(detector).__name__))
+
+
+def load_auto(prefer: str, det_path: Path | str | None, pose_path: Path | str | None,
+              log: Callable[[str], None] | None = None, embedded_folder: Path | str | None = None,
+              **kw) -> tuple[PoseDetector, str]:
+    """The model family's own detector (``prefer``: "vitpose" or "dwpose") when both of its files
+    exist, else the embedded mediapipe detector with a warning through ``log``.
+
+    Returns the detector and a line naming what is used (and why, on fallback). Files that exist
+    but fail to load are an error, not a silent fallback: the user put them there to be used."""
+    if prefer not in ("vitpose", "dwpose"):
+        raise ValueError(f"auto detector preference must be 'vitpose' or 'dwpose', got {prefer!r}")
+    missing = [str(p) for p in (det_path, pose_path) if p is None or not Path(p).is_file()]
+    if not missing:
+        detector = load_detector(prefer, det_path=Path(det_path), pose_path=Path(pose_path), **kw)
+        return detector, describe(detector)
+    files = ("yolov10m.onnx + vitpose_h_wholebody.onnx (or vitpose-l-wholebody.onnx)" if prefer == "vitpose"
+             else "yolox_l.onnx + dw-ll_ucoco_384.onnx")
+    detector = load_detector("mediapipe", embedded_folder)
+    text = (f"{describe(detector)} instead of {prefer}: {files} not found in models/pose_models; the poses "
+            f"differ from the official pipeline's (see README, detectors)")
+    if log is not None:
+        log(text)
+    return detector, text

@@ -39,6 +39,17 @@ def select_indices(num_frames: int, every_nth: int = 1, max_frames: int = 0, ski
     return idx
 
 
+DEFAULT_FPS = 30.0  # what the official One-to-All scripts assume when a video reports no fps
+
+
+def output_fps(fps, every_nth: int = 1) -> float:
+    """The fps of a clip that keeps every n-th frame: ``fps / n`` (30 / n when the fps is unknown)."""
+    value = float(fps) if fps is not None else 0.0
+    if not np.isfinite(value) or value <= 0:
+        value = DEFAULT_FPS
+    return value / max(1, int(every_nth))
+
+
 def crop_box_for_aspect(width: int, height: int, target_w: int, target_h: int) -> tuple[int, int, int, int]:
     """Centred (x0, y0, w, h) crop of a width x height frame with the target aspect ratio."""
     target = target_w / target_h

@@ -16,8 +16,8 @@ Generic on purpose, so later workflows are picked up by dropping files in workfl
   temp models dir (one sub-folder per ComfyUI folder name, files named exactly as the
   workflows name them); every sub-folder is mapped in extra_model_paths.yaml;
 * expected video: frames = driving frames after PoseAnimatePrepareDrivingVideo's settings,
-  size = the reference's, fps = CreateVideo's (or the clip's when wired from
-  GetVideoComponents); a workflow that changes these states its own in the SaveVideo node's
+  size = the reference's, fps = CreateVideo's (the clip's when wired from GetVideoComponents,
+  divided by select_every_nth when wired from PoseAnimatePrepareDrivingVideo); a workflow that changes these states its own in the SaveVideo node's
   ``_meta.poseanimate_expect`` = {"frames": n, "width": w, "height": h, "fps": f}.
 
 The workflow-file checks at the end need no ComfyUI and always run.
@@ -62,7 +62,8 @@ LONG_CLIP_FRAMES = 96  # the interrupt test needs a job that is still running wh
 
 # --------------------------------------------------------------------------- fixtures
 def _write_pose_models(models: Path) -> None:
-    """Tiny DWPose stand-ins (real file names and I/O signatures) for the pose_models folder."""
+    """Tiny DWPose and ViTPose stand-ins (real file names and I/O signatures) for the pose_models
+    folder, so the shipped workflows' ``auto`` detectors take the ONNX path in real ComfyUI."""
     import tiny_onnx
 
     folder = models / "pose_models"
@@ -70,6 +71,9 @@ def _write_pose_models(models: Path) -> None:
     tiny_onnx.build_detector(folder / "yolox_l.onnx", [(200, 60, 440, 580, 0.95, 0, 0.95)])
     points = [(40 + (k % 12) * 18, 30 + (k // 12) * 28) for k in range(tiny_onnx.NUM_KP)]
     tiny_onnx.build_pose_onehot(folder / "dw-ll_ucoco_384.onnx", points, [0.9] * tiny_onnx.NUM_KP)
+    tiny_onnx.build_yolov10(folder / "yolov10m.onnx", [(200, 60, 440, 580, 0.95, 0)])
+    peaks = [(8 + (k % 12) * 2.7, 6 + (k // 12) * 4.6, 0.9) for k in range(tiny_onnx.NUM_KP)]
+    tiny_onnx.build_vitpose_peaks(folder / "vitpose_h_wholebody.onnx", peaks)
     tiny_onnx.write_corrupt(folder / "corrupt.onnx")
 
 
@@ -191,6 +195,9 @@ def _expected_video(prompt: dict, save_id: str) -> dict:
                 expect["fps"] = float(fps)
             elif prompt[str(fps[0])]["class_type"] == "GetVideoComponents":
                 expect["fps"] = float(CLIP_FPS)  # the driving clip's own rate
+            elif prompt[str(fps[0])]["class_type"] == "PoseAnimatePrepareDrivingVideo":
+                nth = int(prompt[str(fps[0])]["inputs"].get("select_every_nth", 1))
+                expect["fps"] = float(CLIP_FPS) / nth  # the rate of the frames kept
     return expect
 
 
