@@ -72,11 +72,21 @@ def finished_result(folder: Path) -> dict | None:
     return None
 
 
-def clean_partial(folder: Path) -> None:
-    """Temporary files a killed run left behind (never a finished video)."""
+def clean_partial(folder: Path) -> list[Path]:
+    """Before a request runs again: delete the temporary files a killed run left behind, and set aside
+    (renamed ``.interrupted_<name>``, never deleted) a video that was linked into place when the run
+    was killed before its result JSON was written, so the folder ends with one video and one result.
+    Returns the videos set aside."""
+    kept = []
     if folder.is_dir():
         for path in folder.rglob(".*.part*"):
             path.unlink(missing_ok=True)
+        for path in sorted(folder.rglob("*.mp4")):
+            if not path.name.startswith("."):
+                aside = path.with_name(f".interrupted_{path.name}")
+                os.replace(path, aside)
+                kept.append(aside)
+    return kept
 
 
 class Manifest:
@@ -181,7 +191,8 @@ def run_batch(requests_path, out, *, models=None, extra_model_paths=None, server
             summary["skipped"].append(item.id)
             summary["done"].append(item.id)
             continue
-        clean_partial(out / item.id)
+        for aside in clean_partial(out / item.id):
+            log(f"{item.id}: its last run was killed before it finished; its video is kept as {aside.name}")
         todo.append((item, 0))
     log(f"batch: {len(items)} requests, {len(summary['skipped'])} already finished, {len(todo)} to run")
     if not todo:

@@ -100,3 +100,17 @@ def test_worker_keeps_loaders_between_jobs(tmp_path, models_dir):
     worker.executor.close()
     assert first["loaders_reused"] == 0 and second["loaders_reused"] == 1  # the pose detector
     assert "error" in worker.run({"endpoint": "pose", "image_url": ref, "video_url": "nope.mp4"}, str(tmp_path / "c"))
+
+
+def test_a_video_left_by_a_killed_run_is_set_aside_not_deleted(tmp_path):
+    """Killed between linking the video and writing its result JSON: the rerun must not leave two videos
+    (nor delete the first)."""
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    (folder / "pose_alignment_00001_.mp4").write_bytes(b"video")
+    (folder / ".pose_alignment.1234abcd.part.mp4").write_bytes(b"half")
+    assert batch.finished_result(folder) is None
+    kept = batch.clean_partial(folder)
+    assert [p.name for p in kept] == [".interrupted_pose_alignment_00001_.mp4"]
+    assert kept[0].read_bytes() == b"video"
+    assert sorted(p.name for p in folder.iterdir()) == [".interrupted_pose_alignment_00001_.mp4"]
