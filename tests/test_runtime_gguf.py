@@ -1,0 +1,90 @@
+"""GGUF weights: torch dequantizers vs gguf's numpy reference, and a tiny Wan DiT loaded from GGUF
+files (kept quantized, unpacked per layer) against the same DiT built from the dequantized weights."""
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gguf")
+
+import gguf_tiny as G  # noqa: E402
+import wan_tiny as T  # noqa: E402
+
+from poseanimate.models.runtime import gguf as R  # noqa: E402
+from poseanimate.models.wan import loading  # noqa: E402
+from poseanimate.models.wan.layouts import detect_layout  # noqa: E402
+from poseanimate.models.wan.state_dict import read_state_dict  # noqa: E402
+
+# dim 256 (2 heads of 128) so every block Linear has rows of whole k-quant super-blocks
+GGUF_DIT = dict(T.TINY_DIT, dim=256, ffn_dim=256)
+TYPES = ("F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q4_0")  # the model test; every block type below
+
+
+@pytest.fixture(scope="module")
+def official():
+    return T.official_transformer_sd(**GGUF_DIT)
+
+
+@pytest.mark.parametrize("qtype", sorted(R.BLOCKS))
+def test_torch_dequantizer_matches_gguf_numpy(qtype):
+    import gguf
+
+    rows, cols = 3, 512
+    if qtype in G.RANDOM_BLOCK_TYPES:
+        raw = G.random_k_blocks(qtype, rows, cols, seed=7)
+    else:
+        raw = gguf.quants.quantize(np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float32),
+                                   gguf.GGMLQuantizationType[qtype])
+    expected = R.numpy_reference(raw, qtype)
+    got = R.dequantize(torch.from_numpy(raw), qtype, (rows, cols))
+    assert np.isfinite(expected).all()
+    np.testing.assert_array_equal(got.numpy(), expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("qtype,prefix", [(t, "") for t in TYPES] + [("Q8_0", "model.diffusion_model.")])
+def test_gguf_dit_matches_dequantized_dit(tmp_path, official, qtype, prefix):
+    path = G.write_gguf(tmp_path / f"wan_tiny_{qtype}.gguf", official, qtype, prefix=prefix)
+    sd = read_state_dict(path)
+    assert detect_layout(sd.keys(), "transformer") == ("comfy_gguf" if prefix else "official_gguf")
+    quantized = sum(isinstance(v, R.QuantizedWeight) for v in sd.values())
+    model = loading.transformer_from_state_dict(sd, dtype=torch.float32, source=path.name)
+    layers = [m for m in model.modules() if isinstance(m, R.GGUFLinear)]
+    if qtype in R.BLOCKS:
+        assert len(layers) == quantized >= 2 * 10  # at least q k v o of both attentions + 2 FFN layers per block
+        assert all(m.gguf_weight.dtype == torch.uint8 for m in layers)
+    else:
+        assert not layers  # float GGUFs load as ordinary weights
+
+    reference = loading.transformer_from_state_dict(
+        {k.removeprefix(prefix): v for k, v in G.dequantized_sd(path).items()}, dtype=torch.float32)
+    inputs = T.transformer_inputs(official)
+    with torch.no_grad():
+        got = model(**inputs, return_dict=False)[0]
+        expected = reference(**inputs, return_dict=False)[0]
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5), (got - expected).abs().max()
+
+
+def test_gguf_layers_keep_their_blocks_through_dtype_casts(tmp_path, official):
+    path = G.write_gguf(tmp_path / "wan_tiny_q4k.gguf", official, "Q4_K")
+    model = loading.load_transformer(path, dtype=torch.float32)
+    before = model(**T.transformer_inputs(official), return_dict=False)[0]
+    model.to(torch.bfloat16)
+    layer = next(m for m in model.modules() if isinstance(m, R.GGUFLinear))
+    assert layer.gguf_weight.dtype == torch.uint8 and layer.bias.dtype == torch.bfloat16
+    inputs = {k: v.to(torch.bfloat16) for k, v in T.transformer_inputs(official).items()}
+    with torch.no_grad():
+        after = model(**inputs, return_dict=False)[0].float()
+    assert (after - before).abs().max() < 0.05 * before.abs().max()
+    assert R.gguf_summary(model)["Q4_K"] >= 20
+
+
+def test_foreign_gguf_is_refused(tmp_path):
+    import gguf
+
+    writer = gguf.GGUFWriter(str(tmp_path / "llama.gguf"), arch="llama")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(R.GGUFError, match="architecture 'llama'"):
+        read_state_dict(tmp_path / "llama.gguf")
