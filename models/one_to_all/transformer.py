@@ -73,6 +73,7 @@ class OneToAllTransformer(WanTransformer3DModel):
 
     _no_split_modules = ["OneToAllBlock", "TextFreeBlock"]
     _repeated_blocks = ["OneToAllBlock"]
+    poseanimate_step_cache_native = True  # forward consults models.runtime.step_cache itself
 
     @register_to_config
     def __init__(
@@ -194,6 +195,9 @@ class OneToAllTransformer(WanTransformer3DModel):
                              f"{tuple(image_latents.shape)} for hidden_states {tuple(hidden_states.shape)}")
         dtype = self.patch_embedding.weight.dtype
         backend = getattr(self, "poseanimate_attention", None)
+        cache = getattr(self, "poseanimate_step_cache", None)
+        cache_tag = (tuple(hidden_states.shape), id(encoder_hidden_states), id(image_latents),
+                     float(conditioning_scale), bool(token_replace), controlnet_cond is not None)
         timestep = timestep.reshape(-1)
         encoder_hidden_states = encoder_hidden_states.to(dtype)
 
@@ -226,7 +230,7 @@ class OneToAllTransformer(WanTransformer3DModel):
         context = self.condition_embedder.text_embedder(encoder_hidden_states)
 
         x = tokens
-        first_out = control = None
+        first_out = control = cached = None
         for i, block in enumerate(self.blocks):
             ref = ref_samples[self.ref_sample_index(i)]
             x = block(x, context, spans, freqs, ref, ref_freqs, backend)
@@ -237,6 +241,13 @@ class OneToAllTransformer(WanTransformer3DModel):
                 x = x + self.controlnet_zero[j](control) * conditioning_scale
             if i == 0:
                 first_out = x
+                if cache is not None:  # step cache: the later blocks (and the ControlNet) may be skipped
+                    cached = cache.after_first_block(cache_tag, timestep, tokens, x)
+                    if cached is not None:
+                        x = cached
+                        break
+        if cache is not None and cached is None:
+            cache.after_last_block(x)
 
         # output head: shift/scale from temb (per span), then unpatchify and drop the prefix frame
         normed = self.norm_out(x.float())
