@@ -88,3 +88,14 @@ def test_foreign_gguf_is_refused(tmp_path):
     writer.close()
     with pytest.raises(R.GGUFError, match="architecture 'llama'"):
         read_state_dict(tmp_path / "llama.gguf")
+
+
+def test_torch_q8_0_quantizer_matches_gguf():
+    import gguf
+
+    w = np.random.default_rng(3).standard_normal((4, 96)).astype(np.float32)
+    w[1, :32] = 0  # an all-zero block (scale 0)
+    expected = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)
+    got = R.quantize_q8_0(torch.from_numpy(w))
+    np.testing.assert_array_equal(got.data.numpy(), expected)
+    assert got.shape == (4, 96) and torch.allclose(got.dequantize(), torch.from_numpy(w), atol=0.02)

@@ -237,6 +237,19 @@ class GGUFLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, qtype={self.qtype}"
 
 
+def quantize_q8_0(weight: torch.Tensor) -> QuantizedWeight:
+    """A float tensor as GGUF Q8_0 blocks, in torch on its device (ggml's reference rounding:
+    ``d = amax / 127`` per 32 values, ``q = round(x / d)``); the benchmark uses it to turn a
+    random bf16 model into a Q8_0 one without files."""
+    rows = weight.detach().float().reshape(-1, 32)
+    d = rows.abs().amax(dim=1, keepdim=True) / 127
+    inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+    q = torch.round(rows * inv).clamp(-127, 127).to(torch.int8)
+    packed = torch.cat([d.to(torch.float16).view(torch.uint8), q.view(torch.uint8)], dim=1)
+    shape = tuple(weight.shape)
+    return QuantizedWeight(packed.reshape(shape[0], -1), "Q8_0", shape)
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
