@@ -134,26 +134,35 @@ def random_model(cls, config: dict, device, dtype=torch.bfloat16) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def block_flops(tokens: int, dim: int, ffn: int, kv_tokens: int | None = None) -> float:
-    """Self-attention (q, k, v, out projections, QK^T and AV) + FFN of one block over ``tokens``."""
+def block_flops(tokens: int, dim: int, ffn: int, kv_tokens: int | None = None) -> dict[str, float]:
+    """Self-attention (q, k, v, out projections; QK^T and AV) + FFN of one block over ``tokens``."""
     kv = tokens if kv_tokens is None else kv_tokens
-    return 2 * tokens * dim * dim * 4 + 2 * tokens * dim * ffn * 2 + 4 * tokens * kv * dim
+    return {"linear": 2 * tokens * dim * dim * 4 + 2 * tokens * dim * ffn * 2, "attention": 4 * tokens * kv * dim}
 
 
-def one_to_all_flops(config: dict, latent_frames: int, height: int, width: int, text_len: int = TEXT_LEN) -> float:
-    """Matmul + attention FLOPs of one One-to-All call (token counts as the model sees them:
-    ``latent_frames + 1`` frames with the prefix, one reference frame ``r``)."""
+def one_to_all_flops(config: dict, latent_frames: int, height: int, width: int,
+                     text_len: int = TEXT_LEN) -> dict[str, float]:
+    """Matmul (``linear``) and attention-product FLOPs of one One-to-All call, and their ``total``.
+    Token counts as the model sees them: ``latent_frames + 1`` frames with the prefix, one
+    reference frame of ``r`` tokens. The pose / reference convolution encoders are left out (at
+    480p x 81 frames they are < 0.1% of the total)."""
     dim = config["num_attention_heads"] * config["attention_head_dim"]
     ffn, layers = config["ffn_dim"], config["num_layers"]
     r = (height // 16) * (width // 16)
     s = (latent_frames + 1) * r
-    main = layers * (block_flops(s, dim, ffn, s + r)          # self-attention also over the reference tokens
-                     + 2 * r * dim * dim * 2                    # reference key / value projections
-                     + 2 * s * dim * dim * 2 + 2 * text_len * dim * dim * 2 + 4 * s * text_len * dim)  # cross-attn
-    control = config["controlnet_layers"] * (block_flops(s, dim, ffn) + 2 * s * dim * dim)  # + zero linear
-    reference = config["refextractor_layers"] * block_flops(r, dim, ffn)
-    embed = 2 * text_len * (config["text_dim"] * dim + dim * dim) + 2 * s * dim * 64 * 2  # text, patch in / out
-    return float(main + control + reference + embed)
+    patch = 16 * 4
+    main = block_flops(s, dim, ffn, s + r)  # the self-attention also attends to the reference tokens
+    linear = layers * (main["linear"] + 2 * r * dim * dim * 2  # + reference key / value projections
+                       + 2 * s * dim * dim * 2 + 2 * text_len * dim * dim * 2)  # cross-attention q, out; k, v
+    attn = layers * (main["attention"] + 4 * s * text_len * dim)
+    control = block_flops(s, dim, ffn)
+    linear += config["controlnet_layers"] * (control["linear"] + 2 * s * dim * dim)  # + zero linear
+    attn += config["controlnet_layers"] * control["attention"]
+    reference = block_flops(r, dim, ffn)
+    linear += config["refextractor_layers"] * reference["linear"]
+    attn += config["refextractor_layers"] * reference["attention"]
+    linear += 2 * text_len * (config["text_dim"] * dim + dim * dim) + 2 * s * dim * patch  # text embedder, output head
+    return {"linear": float(linear), "attention": float(attn), "total": float(linear + attn)}
 
 
 def one_to_all_inputs(config, frames, height, width, device, dtype):
@@ -195,7 +204,7 @@ def one_to_all_figures(config, frames, height, width, device, dtype, repeats, ra
     attention.install_attention(model, "sdpa")
     base = timed("one_to_all_14b")
     emit("one_to_all_14b_s_per_call_480p", base)
-    flops = one_to_all_flops(config, (frames - 1) // 4 + 1, height, width)
+    flops = one_to_all_flops(config, (frames - 1) // 4 + 1, height, width)["total"]
     emit("one_to_all_14b_tflop_per_call", flops / 1e12)
     emit("one_to_all_14b_mfu", flops / base / rate)
 

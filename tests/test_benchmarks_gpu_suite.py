@@ -28,3 +28,23 @@ def test_gpu_suite_smoke_prints_every_figure():
                  "blockswap_24gb_slowdown", "gguf_q8_s_per_call_ratio", "one_to_all_14b_speedup_fp8"):
         assert float(values[name]) > 0, name
     assert int(values["blockswap_24gb_blocks"]) >= 1  # blocks really streamed
+
+
+def test_analytic_one_to_all_matmul_flops_match_the_flop_counter():
+    """The MFU numerator: the analytic matmul count agrees with torch's FLOP counter (addmm / mm)
+    on a small One-to-All model (attention products are SDPA kernels the counter may not see)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_suite as G
+    from poseanimate.models.one_to_all.transformer import OneToAllTransformer
+
+    cfg = dict(G.TINY["one_to_all"], refextractor_layers=2)
+    model = G.random_model(OneToAllTransformer, cfg, torch.device("cpu"), torch.float32)
+    kw = G.one_to_all_inputs(cfg, 9, 64, 96, torch.device("cpu"), torch.float32)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(**kw)
+    counted = sum(v for k, v in counter.get_flop_counts()["Global"].items() if str(k) in ("aten.addmm", "aten.mm"))
+    analytic = G.one_to_all_flops(cfg, 3, 64, 96)["linear"]
+    assert abs(analytic - counted) / counted < 0.02, (analytic, counted)
