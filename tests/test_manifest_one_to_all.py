@@ -114,7 +114,9 @@ def test_official_sharded_folder_loads(tmp_path, tiny, index):
     assert loaded.config.num_layers == model.config.num_layers
     kw = _inputs(model)
     with torch.no_grad():
-        assert torch.equal(loaded(**kw)[0], model(**kw)[0])
+        # Same weights, same math; safetensors >= 0.8 hands out zero-copy views at file offsets that
+        # are not 64-byte aligned, which moves CPU matmuls onto another SIMD path (last-bit changes).
+        torch.testing.assert_close(loaded(**kw)[0], model(**kw)[0], rtol=0, atol=1e-6)
 
 
 def test_single_file_with_comfy_prefix_and_bf16(tmp_path, tiny):

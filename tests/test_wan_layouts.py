@@ -49,6 +49,12 @@ def _run(model, official):
         return model(**T.transformer_inputs(official), return_dict=False)[0].float()
 
 
+def _assert_same_output(model, official, expected):
+    """Weights read from files: safetensors >= 0.8 hands out zero-copy views at file offsets that are
+    not 64-byte aligned, which moves CPU matmuls onto another SIMD path (last-bit changes only)."""
+    torch.testing.assert_close(_run(model, official), expected, rtol=0, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------ transformer
 def test_official_sharded_release(tmp_path, dit_i2v):
     official, _, expected = dit_i2v
@@ -56,7 +62,7 @@ def test_official_sharded_release(tmp_path, dit_i2v):
                             config={"dim": 128, "num_heads": 1, "model_type": "i2v"})
     for path in (index, index.parent):  # the index JSON or the folder holding it
         model = loading.load_transformer(path, dtype=torch.float32)
-        assert torch.equal(_run(model, official), expected)
+        _assert_same_output(model, official, expected)
 
 
 def test_diffusers_pipeline_folder(tmp_path, dit_i2v):
@@ -64,7 +70,7 @@ def test_diffusers_pipeline_folder(tmp_path, dit_i2v):
     T.write_sharded(tmp_path / "pipe" / "transformer", diffusers_sd, shards=2,
                     config={"_class_name": "WanTransformer3DModel", "num_attention_heads": 1})
     model = loading.load_transformer(tmp_path / "pipe", dtype=torch.float32)
-    assert torch.equal(_run(model, official), expected)
+    _assert_same_output(model, official, expected)
 
 
 @pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])
