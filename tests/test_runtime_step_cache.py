@@ -16,7 +16,7 @@ from poseanimate.models.unianimate import pipeline as ua
 from poseanimate.models.wan.text import WanPromptEmbeds
 
 
-def _one_to_all_run(model, steps=3):
+def _one_to_all_run(model, steps=2):
     ref, poses, ref_pose = images(9, h=16, w=16)
     g = torch.Generator().manual_seed(2)
     dim = one_to_all_tiny.TINY_ONE_TO_ALL["text_dim"]
@@ -33,12 +33,11 @@ def one_to_all():
 
 def test_one_to_all_threshold_zero_is_off_and_never_skipping_is_identical(one_to_all):
     model, baseline = one_to_all
-    assert sc.install_step_cache(model, 0.0) is None and sc.get_step_cache(model) is None
-    assert torch.equal(_one_to_all_run(model), baseline)
+    assert sc.install_step_cache(model, 0.0) is None and sc.get_step_cache(model) is None  # 0 = off: the eager model
     cache = sc.install_step_cache(model, 1e-12)  # cache path active, nothing close enough to skip
     try:
         assert torch.equal(_one_to_all_run(model), baseline)
-        assert cache.stats == {"calls": 3 * 3, "skipped": 0}
+        assert cache.stats == {"calls": 2 * 3, "skipped": 0}
         assert {call for call, _tag in cache._entries} == {"cond", "uncond", "ref_uncond"}
     finally:
         sc.remove_step_cache(model)
@@ -46,10 +45,10 @@ def test_one_to_all_threshold_zero_is_off_and_never_skipping_is_identical(one_to
 
 def test_one_to_all_skips_per_call_type(one_to_all):
     model, baseline = one_to_all
-    cache = sc.install_step_cache(model, 1e9, max_skips=1)  # skip whenever allowed: every other call per type
+    cache = sc.install_step_cache(model, 1e9, max_skips=1)  # skip whenever allowed
     try:
         latents = _one_to_all_run(model)
-        assert cache.stats == {"calls": 9, "skipped": 3}  # per call type: steps 0 and 2 computed, 1 skipped
+        assert cache.stats == {"calls": 6, "skipped": 3}  # per call type: step 0 computed, step 1 skipped
     finally:
         sc.remove_step_cache(model)
     assert torch.isfinite(latents).all() and not torch.equal(latents, baseline)
