@@ -52,7 +52,11 @@ def write_gguf(path: Path, sd: dict, qtype: str, prefix: str = "", seed: int = 0
                 blocks = random_k_blocks(qtype, array.shape[0], array.shape[1], seed + i)
                 writer.add_tensor(key, blocks, raw_shape=blocks.shape, raw_dtype=target)
         else:
-            writer.add_tensor(key, gguf.quants.quantize(array, target), raw_dtype=target)
+            try:
+                writer.add_tensor(key, gguf.quants.quantize(array, target), raw_dtype=target)
+            except gguf.QuantError:  # rows not a whole number of blocks: F16, as convert.py falls back
+                f16 = gguf.GGMLQuantizationType.F16
+                writer.add_tensor(key, gguf.quants.quantize(array, f16), raw_dtype=f16)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -99,3 +99,22 @@ def test_torch_q8_0_quantizer_matches_gguf():
     got = R.quantize_q8_0(torch.from_numpy(w))
     np.testing.assert_array_equal(got.data.numpy(), expected)
     assert got.shape == (4, 96) and torch.allclose(got.dequantize(), torch.from_numpy(w), atol=0.02)
+
+
+def test_one_to_all_and_unianimate_load_gguf_files(tmp_path):
+    """The families' loaders take GGUF files: One-to-All (diffusers names) and a UniAnimate base
+    model (its LoRA then runs unmerged over the quantized blocks)."""
+    from safetensors.torch import load_file
+
+    import one_to_all_tiny
+    import unianimate_tiny
+    from poseanimate.models.one_to_all.loading import load_one_to_all
+    from poseanimate.models.unianimate.transformer import load_unianimate
+
+    ota = load_one_to_all(G.write_gguf(tmp_path / "ota.gguf", one_to_all_tiny.tiny_state_dict(), "Q8_0"),
+                          dtype=torch.float32)
+    assert R.gguf_summary(ota)["Q8_0"] > 0
+    paths = unianimate_tiny.write_tiny_models(tmp_path / "models")
+    base = G.write_gguf(tmp_path / "base.gguf", load_file(paths["base"]), "Q8_0")
+    model, _ = load_unianimate(base, paths["unianimate_ckpt"], dtype=torch.float32, merge=True)
+    assert R.gguf_summary(model)["Q8_0"] > 0

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import WanTransformer3DModel
 
+from ..runtime.gguf import QuantizedWeight
 from ..wan import loading
 from ..wan.attention import TEXT_CONTEXT_LENGTH, attention
 from ..wan.fp8 import FP8_DTYPES, convert_to_fp8, default_fp8_filter
@@ -116,6 +117,8 @@ def unianimate_from_state_dicts(base_sd: dict, unianimate: UniAnimateFile, dtype
                                 source: str = "", pose_dtype=torch.float32):
     """(UniAnimateTransformer, PoseEncoders) from an already-read base DiT state dict (any layout,
     meta tensors allowed) and a parsed UniAnimate file. ``base_sd`` is consumed."""
+    # GGUF blocks cannot absorb a merge: their LoRAs run as unmerged branches.
+    merge = merge and not any(isinstance(v, QuantizedWeight) for v in base_sd.values())
     # Merging into fp8 weights rounds twice; a full-precision file is merged first, quantised after.
     quantize_after = weight_dtype is not None and merge and not any(v.dtype in FP8_DTYPES for v in base_sd.values())
     model = loading.transformer_from_state_dict(

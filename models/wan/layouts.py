@@ -64,7 +64,7 @@ def detect_layout(keys: Iterable[str], component: str) -> str:
     (original names under ``model.diffusion_model.``), "comfy_fp8_scaled" (original names with
     per-layer fp8 scales), "diffusers", "diffusers_fp8_scaled"; a GGUF file (ComfyUI-GGUF's
     layout: original names, quantized blocks; its reader adds ``GGUF_MARKER``) is "official_gguf"
-    or "comfy_gguf".
+    or "comfy_gguf" ("diffusers_gguf" for diffusers names, e.g. One-to-All's own naming).
     vae: "official" (Wan2.1_VAE.pth; ComfyUI's wan_2.1_vae uses the same names), "diffusers".
     text_encoder: "official" (Wan's own T5 names), "diffusers" (transformers names), "comfy"
     (transformers names plus the ``spiece_model`` tokenizer tensor), "comfy_fp8_scaled".
@@ -86,6 +86,8 @@ def detect_layout(keys: Iterable[str], component: str) -> str:
                 return "comfy_fp8_scaled"
             return "comfy" if prefix else "official"
         if _MARKERS["transformer"]["diffusers"] in base or "blocks.0.attn1.to_q.weight" in base:
+            if GGUF_MARKER in keys:
+                return "diffusers_gguf"
             return "diffusers_fp8_scaled" if scaled else "diffusers"
     elif component == "vae":
         if WAN22_VAE_MARKER in keys:
