@@ -1,17 +1,29 @@
-"""Headless main job: reference image + driving video -> aligned pose video (+ preview, + pose JSON).
+"""Headless main job: the whole animation in this process, no ComfyUI server.
 
-    python animate.py                      # bundled sample media, embedded detector
+    python animate.py REQUEST.json [--models DIR] [--out output/]   # a hosted request -> video + result JSON
+    python animate.py batch requests.jsonl --out DIR                # many requests over GPUs / machines (Ray)
+    torchrun --nproc-per-node 4 animate.py REQUEST.json             # one video over 4 GPUs (sequence parallel)
+    python animate.py                                               # demo: sample media -> aligned pose video
     python animate.py --reference me.png --driving dance.mp4 --mode one_to_all_ref --out output/
 
-Writes <out>/aligned_pose.mp4, <out>/preview.png (reference | driving frame | detected pose |
-aligned pose) and <out>/poses.json (POSE_KEYPOINT of the aligned poses). Later stages (the
-animation models) extend this job when their weights are present.
+REQUEST.json is a hosted endpoint's request (one-to-all, uni-animate, animatediff-v2v, or pose);
+the endpoint comes from --endpoint, the request's "endpoint" field, or a field only it has. The
+matching workflows/api/ graph runs in process; the video and a result JSON of the hosted shape
+are written to --out. Without the model files, the pose stage runs and the job prints which file
+goes in which folder. Exit codes: 0 done, 1 error, 2 bad request, 4 the graph failed, 130 Ctrl-C
+(nothing written).
+
+Without REQUEST.json (the demo, scripts/demo.sh): writes <out>/aligned_pose.mp4,
+<out>/preview.png (reference | driving frame | detected pose | aligned pose) and <out>/poses.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +35,12 @@ from pack_loader import load_pack  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("request", nargs="?", help="hosted request JSON file ('-' for stdin); none: the pose demo")
+    p.add_argument("--endpoint", help="one-to-all, uni-animate, animatediff-v2v or pose (default: from the request)")
+    p.add_argument("--models", help="models folder with ComfyUI's layout (diffusion_models/, vae/, ...)")
+    p.add_argument("--extra-model-paths", help="a ComfyUI extra_model_paths.yaml naming model folders")
+    p.add_argument("--workflow", help="API-format workflow to run instead of the endpoint's own")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--reference", help="reference image (the character); default: bundled sample")
     p.add_argument("--driving", help="driving video (the motion); default: bundled sample clip")
     p.add_argument("--out", default="output", help="output folder (default: output/)")
@@ -36,8 +54,69 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def run_request_cli(args) -> int:
+    """REQUEST.json -> the endpoint's workflow in process -> video + result JSON in --out."""
+    load_pack()
+    from poseanimate.headless import executor, job
+
+    client = job.client_module()
+    sp, rank, out = None, 0, args.out
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: one video over all ranks
+        sp, rank = sequence_parallel_setup()
+        if rank:
+            out = tempfile.mkdtemp(prefix=f"poseanimate-rank{rank}-")  # rank 0 writes the results
+    try:
+        job.configure_models(args.models, args.extra_model_paths)
+        request = client._read_request(args.request)
+        done = job.run_request(request, out, endpoint=args.endpoint, workflow=args.workflow,
+                               quiet=args.quiet or rank > 0, sequence_parallel=sp)
+    except KeyboardInterrupt:
+        print("interrupted: stopped cleanly, no output written", file=sys.stderr)
+        return 130
+    except client.ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (executor.GraphError, executor.NodeFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if rank:
+            shutil.rmtree(out, ignore_errors=True)
+        if sp is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank == 0:
+        print(json.dumps(done.result, indent=2))
+    return 0
+
+
+def sequence_parallel_setup():
+    """torchrun's environment -> a process group (NCCL on GPUs, gloo on CPU) and the split."""
+    import torch
+    import torch.distributed as dist
+
+    from poseanimate.models.wan.sequence_parallel import SequenceParallel
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return SequenceParallel(), dist.get_rank()
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["batch"]:
+        load_pack()
+        from poseanimate.headless import batch
+
+        return batch.main(argv[1:])
     args = parse_args(argv)
+    if args.request:
+        return run_request_cli(args)
     load_pack()
     import cv2
     import numpy as np

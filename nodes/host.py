@@ -59,15 +59,26 @@ def fallback_root() -> Path:
     return Path(os.environ.get("POSEANIMATE_MODELS_DIR", PACK_DIR / "models_local"))
 
 
+# Headless runs only: more folders per kind (extra_model_paths.yaml read without ComfyUI).
+_extra_folders: dict[str, list[str]] = {}
+
+
+def add_model_folder(kind: str, path) -> None:
+    """Search ``path`` for ``kind`` too when ComfyUI is absent (what extra_model_paths.yaml does in it)."""
+    paths = _extra_folders.setdefault(kind, [])
+    if str(path) not in paths:
+        paths.append(str(path))
+
+
 def folder_paths_for(kind: str) -> list[str]:
-    """Directories searched for ``kind`` (ComfyUI's, or the fallback root's)."""
+    """Directories searched for ``kind`` (ComfyUI's, or the fallback root's and the added ones)."""
     fp = _folder_paths()
     if fp is not None:
         try:
             return list(fp.get_folder_paths(kind))
         except KeyError:
             return []
-    return [str(fallback_root() / kind)]
+    return [str(fallback_root() / kind)] + _extra_folders.get(kind, [])
 
 
 def list_models(kind: str, extensions: set[str] | None = None) -> list[str]:
@@ -133,8 +144,18 @@ def resolve_folder(kind: str) -> Path | None:
     return None
 
 
+# Headless runs only: makes a terminal bar for a total (headless/job.py sets it); else no-op.
+_progress_factory = None
+
+
+def set_progress_factory(factory) -> None:
+    """``factory(total)`` -> an object with ``update_absolute(value, total)``, used without ComfyUI."""
+    global _progress_factory
+    _progress_factory = factory
+
+
 class Progress:
-    """ComfyUI progress bar when hosted; a no-op otherwise (callers always call it)."""
+    """ComfyUI progress bar when hosted; the headless bar or a no-op otherwise (callers always call it)."""
 
     def __init__(self, total: int):
         self.total = max(int(total), 1)
@@ -145,7 +166,7 @@ class Progress:
 
             self._bar = comfy.utils.ProgressBar(self.total)
         except Exception:  # noqa: BLE001 - no ComfyUI, or no server context
-            self._bar = None
+            self._bar = _progress_factory(self.total) if _progress_factory is not None else None
 
     def update(self, n: int = 1) -> None:
         self.done += n

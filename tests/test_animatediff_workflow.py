@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import ad_tiny
-from workflow_executor import Executor, widget_names
+from workflow_executor import widget_names
+from poseanimate.headless.executor import Executor
 from poseanimate.nodes import animatediff as ad_nodes
 from poseanimate.nodes import pose as pose_nodes
 

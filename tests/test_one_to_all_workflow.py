@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import one_to_all_tiny
-from workflow_executor import Executor
+from poseanimate.headless.executor import Executor
 import poseanimate
 from poseanimate.models.one_to_all import pipeline
 from poseanimate.pose import sample_media

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import unianimate_tiny
-from workflow_executor import Executor, widget_names
+from workflow_executor import widget_names
+from poseanimate.headless.executor import Executor
 from poseanimate.models.unianimate import pipeline as pl
 from poseanimate.nodes import pose as pose_nodes
 from poseanimate.nodes import unianimate as ua_nodes

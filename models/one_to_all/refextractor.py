@@ -94,7 +94,7 @@ class OneToAllSelfAttnProcessor:
             key_ref = attn.norm_added_k(key_ref).unflatten(2, (attn.heads, -1))
             value_ref = value_ref.unflatten(2, (attn.heads, -1))
             out_ref = attention(apply_rope_hw(query, rotary_emb), apply_rope_hw(key_ref, ref_rotary_emb),
-                                value_ref, backend)
+                                value_ref, getattr(backend, "local", backend))  # reference K/V: never split
             out = out + out_ref.flatten(2, 3).type_as(query)
 
         out = attn.to_out[0](out)

@@ -71,6 +71,8 @@ class OneToAllTransformer(WanTransformer3DModel):
     ``controlnet_*`` and ``refextractor_*`` ones come from the official controlnet / refextractor
     configs (None = same as the main model)."""
 
+    supports_sequence_parallel = True  # forward splits its tokens itself (models/wan/sequence_parallel.py)
+
     _no_split_modules = ["OneToAllBlock", "TextFreeBlock"]
     _repeated_blocks = ["OneToAllBlock"]
     poseanimate_step_cache_native = True  # forward consults models.runtime.step_cache itself
@@ -229,6 +231,13 @@ class OneToAllTransformer(WanTransformer3DModel):
             spans, head_spans = [(0, seq, proj)], [(0, seq, temb)]
         context = self.condition_embedder.text_embedder(encoder_hidden_states)
 
+        sp = getattr(self, "poseanimate_sequence_parallel", None)
+        if sp is not None:  # this rank's part of the video tokens (models/wan/sequence_parallel.py)
+            tokens, freqs, spans = sp.shard(tokens), sp.shard(freqs), sp.shard_spans(spans, seq)
+            pose_tokens = sp.shard(pose_tokens) if pose_tokens is not None else None
+            backend = sp.backend(backend)
+            cache = None  # ranks would decide to skip differently and desynchronise their collectives
+
         x = tokens
         first_out = control = cached = None
         for i, block in enumerate(self.blocks):
@@ -248,6 +257,8 @@ class OneToAllTransformer(WanTransformer3DModel):
                         break
         if cache is not None and cached is None:
             cache.after_last_block(x)
+        if sp is not None:
+            x = sp.gather(x)
 
         # output head: shift/scale from temb (per span), then unpatchify and drop the prefix frame
         normed = self.norm_out(x.float())
