@@ -6,12 +6,15 @@ so the rest of the pack still loads.
 """
 import importlib
 import logging
+import pkgutil
+from pathlib import Path
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
 WEB_DIRECTORY = None
 
-_FAMILIES = ("pose", "wan", "one_to_all", "unianimate", "animatediff")
+_FAMILIES = ("pose", "wan", "one_to_all", "unianimate", "animatediff")  # listed first, in this order
+_HELPERS = ("host", "common")  # node modules without nodes of their own
 _log = logging.getLogger("PoseAnimate")
 
 
@@ -19,7 +22,9 @@ def _load_families() -> None:
     from .nodes import host
 
     host.register_folders()
-    for name in _FAMILIES:
+    found = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent / "nodes")]))
+    # a new family is a new nodes/<family>.py: picked up without editing this file
+    for name in list(_FAMILIES) + [n for n in found if n not in _FAMILIES and n not in _HELPERS and not n.startswith("_")]:
         try:
             module = importlib.import_module(f".nodes.{name}", __name__)
         except ImportError as exc:  # an optional dependency missing: keep the other families

@@ -50,8 +50,10 @@ from torch import nn  # noqa: E402
 
 from poseanimate.models.runtime import compile as rc  # noqa: E402
 from poseanimate.models.runtime import gguf  # noqa: E402
-from poseanimate.models.wan import attention, offload  # noqa: E402
-from poseanimate.models.wan.fp8 import convert_to_fp8, set_fp8_compute  # noqa: E402
+from poseanimate.models.runtime import placement as offload  # noqa: E402
+from poseanimate.models.runtime.attention import available_backends  # noqa: E402
+from poseanimate.models.runtime.fp8 import convert_to_fp8, set_fp8_compute  # noqa: E402
+from poseanimate.models.wan import attention  # noqa: E402
 
 # Released 14B shapes (manifests): One-to-All = Wan2.1-T2V-14B + 1 ControlNet block + 7 reference
 # blocks; UniAnimate = Wan2.1-I2V-14B (36 input channels, CLIP image tokens).
@@ -209,7 +211,7 @@ def one_to_all_figures(config, frames, height, width, device, dtype, repeats, ra
     emit("one_to_all_14b_mfu", flops / base / rate)
 
     for backend in ("flash_attn_3", "flash_attn", "sageattention"):
-        if backend in attention.available_backends():
+        if backend in available_backends():
             attention.install_attention(model, backend)
             emit(f"one_to_all_14b_speedup_{backend}", base / timed(f"one_to_all_14b_{backend}"))
         else:

@@ -4,6 +4,14 @@
     pose_render_fps_<style>    the same for the other styles
     pose_detect_fps            embedded-default (mediapipe) detection, frames per second
     pose_detect_overhead       the pack's detection time over the raw detector's own time, same frames (target <= 1.2)
+    pose_stage_peak_over_input peak RSS of the pose stage over the bytes of its input IMAGEs: 300-frame 1080x1920
+                               clip, 3024x4032 reference, the largest of the UniAnimate graph, the One-to-All
+                               graph and the headless stage (target <= 1.5; pose_stage_bench.py)
+    unianimate_pose_limb_px_official / _min / _max
+                               UniAnimate upper-arm width at the 480p model input: the official drawing, and the
+                               smallest / largest through our path for 512x768, 1080x1920 and 3024x4032 references
+
+    --frames N sets the clip length of the memory figure (default 300; it needs ~12 GB of RAM).
 """
 from __future__ import annotations
 
@@ -21,6 +29,15 @@ def main() -> None:
     load_pack()
     from pose_detect_bench import measure_detect
     from pose_render_bench import measure_render_fps
+    from pose_stage_bench import limb_widths, stage_ratios
+
+    frames = int(sys.argv[sys.argv.index("--frames") + 1]) if "--frames" in sys.argv else 300
+    for name, value in limb_widths().items():
+        print(f"{name}: {value:.2f}")
+    ratios = stage_ratios(frames)
+    for kind, value in ratios.items():
+        print(f"pose_stage_peak_over_input_{kind}: {value:.3f}")
+    print(f"pose_stage_peak_over_input: {max(ratios.values()):.3f}")
 
     from poseanimate.pose import sample_media
 

@@ -128,7 +128,8 @@ def _subprocess_growth(frames: int) -> int:
 def gpu_figures(device="cuda", d=5120, layers=40, ffn=13824, h=832, w=480, frames=81, rank=128,
                 dtype=torch.bfloat16) -> None:
     """The 14B figures (defaults: Wan2.1-I2V-14B shapes, 480p, 81 frames, rank-128 LoRA)."""
-    from poseanimate.models.unianimate.lora import LoRAWeights, apply_lora
+    from poseanimate.models.runtime.lora import LoRAWeights
+    from poseanimate.models.wan.lora_keys import apply_wan_lora as apply_lora
     from poseanimate.models.unianimate.pose_modules import PoseEncoders
     from poseanimate.models.unianimate.transformer import UniAnimateTransformer
 

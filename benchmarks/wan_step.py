@@ -34,7 +34,9 @@ load_pack()
 
 from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel  # noqa: E402
 
-from poseanimate.models.wan import attention, offload, scheduler  # noqa: E402
+from poseanimate.models.runtime import placement as offload  # noqa: E402
+from poseanimate.models.one_to_all.schedule import one_to_all_scheduler  # noqa: E402
+from poseanimate.models.wan import attention  # noqa: E402
 
 WAN14B_T2V = dict(
     patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
@@ -110,7 +112,7 @@ def cpu_figures(repeats: int = 41, threads: int = 1) -> None:
     steps = 30
     ref_sched = FlowMatchEulerDiscreteScheduler(shift=7.0, num_train_timesteps=1000, use_dynamic_shifting=False)
     ref_sched.set_timesteps(steps)
-    our_sched = scheduler.FlowMatchEuler.one_to_all(steps)
+    our_sched = one_to_all_scheduler(steps)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, 16, 5, 16, 16, generator=g)
     ctx = torch.randn(1, 512, TINY["text_dim"], generator=g)
@@ -264,7 +266,7 @@ def gpu_figures(cfg: dict = WAN14B_T2V, latent_shape=(1, 16, 21, 60, 104), devic
         put("blockswap_max_abs_dev", float((swap_out - reference).abs().max()))
 
         # fp8 weight storage (blocks' Linear layers, per-layer scale), compute in bf16.
-        from poseanimate.models.wan.fp8 import convert_to_fp8
+        from poseanimate.models.runtime.fp8 import convert_to_fp8
 
         convert_to_fp8(model)
         if is_cuda:

@@ -12,18 +12,13 @@ from . import host
 from ..models.animatediff import context_windows as cw
 from ..models.animatediff import pipeline as pl
 from ..models.animatediff import samplers as sm
+from ..models.animatediff.model import PRECISIONS, AnimateDiffModel
+from .common import NONE, model_choices, released_after_run
 
 CATEGORY = "PoseAnimate/animatediff"
 MODEL_TYPE = "POSEANIMATE_ANIMATEDIFF"
 CONTEXT_TYPE = "POSEANIMATE_AD_CONTEXT"
-NONE = "None"
 LORA_SLOTS = 3
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-
-
-def _choices(kind: str, optional: bool = False) -> list[str]:
-    names = host.list_models(kind)
-    return [NONE] + names if optional else (names or [f"(put files in models/{kind})"])
 
 
 def parse_lora_list(slots: list[tuple[str, float]], loras_json: str = "") -> list[tuple[str, float]]:
@@ -47,31 +42,20 @@ def parse_lora_list(slots: list[tuple[str, float]], loras_json: str = "") -> lis
     return out
 
 
-def _dtypes(precision: str, device):
-    import torch
-
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return torch.float32, torch.float32
-    if precision == "fp16" or precision == "auto":
-        vae = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-        return torch.float16, vae
-    return torch.bfloat16, torch.bfloat16
-
-
 class AnimateDiffLoader:
     """SD1.5 checkpoint + motion module + LoRAs (SD kohya or motion LoRAs) + optional ControlNet."""
 
     @classmethod
     def INPUT_TYPES(cls):
-        loras = _choices("loras", optional=True)
+        loras = model_choices("loras", optional=True)
         required = {
-            "checkpoint": (_choices("checkpoints"), {"tooltip": "SD1.5 single-file checkpoint (models/checkpoints)"}),
-            "motion_module": (_choices("animatediff_models"), {"tooltip": "mm_sd_v15_v2 / v3 / v1 / AnimateLCM (models/animatediff_models)"}),
+            "checkpoint": (model_choices("checkpoints"), {"tooltip": "SD1.5 single-file checkpoint (models/checkpoints)"}),
+            "motion_module": (model_choices("animatediff_models"), {"tooltip": "mm_sd_v15_v2 / v3 / v1 / AnimateLCM (models/animatediff_models)"}),
         }
         for i in range(1, LORA_SLOTS + 1):
             required[f"lora_{i}"] = (loras, {"tooltip": "kohya SD LoRA or original motion LoRA (models/loras)"})
             required[f"lora_{i}_scale"] = ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01})
-        required["controlnet"] = (_choices("controlnet", optional=True), {"tooltip": "Optional SD1.5 ControlNet, e.g. OpenPose"})
+        required["controlnet"] = (model_choices("controlnet", optional=True), {"tooltip": "Optional SD1.5 ControlNet, e.g. OpenPose"})
         required["precision"] = (list(PRECISIONS), {"default": "auto", "tooltip": "auto: fp16 on CUDA, fp32 on CPU"})
         return {
             "required": required,
@@ -106,7 +90,7 @@ class AnimateDiffLoader:
         unet = unet3d.build_animated_unet(parts.unet, motion)
         pipe = pl.AnimateDiffV2V(unet, parts.vae, parts.text_encoder, parts.tokenizer, controlnet=cn,
                                  motion_format=motion.format, precision=precision)
-        return (pipe,)
+        return (AnimateDiffModel(pipe, host.torch_device(), host.offload_device()),)
 
 
 class AnimateDiffContextOptions:
@@ -188,15 +172,10 @@ class AnimateDiffSampler:
             context=ctx["context"], freenoise=ctx["freenoise"], window_batch=ctx["window_batch"],
             controlnet_strength=controlnet_strength, clip_skip=clip_skip,
         )
-        device = host.torch_device()
-        dtype, vae_dtype = _dtypes(animatediff.precision, device)
-        animatediff.to(device, dtype, vae_dtype)
-        try:
-            result = animatediff(source_video, settings, pose_frames=pose_video,
-                                 callback=host.step_callback(steps), interrupt=host.check_interrupt)
-        finally:
-            animatediff.to(host.offload_device())
-            host.free_memory()
+        with released_after_run():
+            result = animatediff.sample(source_video, settings, pose_frames=pose_video,
+                                        callback=host.step_callback(animatediff.progress_total(settings)),
+                                        interrupt=host.check_interrupt)
         return (result.frames, result.seed, float(result.fps or 0.0))
 
 

@@ -273,7 +273,7 @@ class ComfyMemoryManager:
     """
 
     def move(self, placement, target) -> bool:
-        """Move ``placement.module`` (a models.wan.offload.Placement) to ``target`` through ComfyUI."""
+        """Move ``placement.module`` (a models.runtime.placement.Placement) to ``target`` through ComfyUI."""
         try:
             import comfy.model_management as mm  # type: ignore
             import comfy.model_patcher as mp  # type: ignore

@@ -18,23 +18,19 @@ import re
 import numpy as np
 
 from ..models.one_to_all import pipeline
-from ..models.wan import precision as wan_precision
+from ..models.runtime import precision as wan_precision
 from ..pose import frames, keypoints, render
 from . import host
-from .wan import EMBEDS_TYPE, VAE_TYPE, released_after_run
+from .common import (chosen_loras, lora_inputs, model_choices, preset_input, run_sampler, runtime_inputs, runtime_options,
+                     toolkit_inputs)
+from .wan import EMBEDS_TYPE, VAE_TYPE
 
 CATEGORY = "PoseAnimate/one_to_all"
 MODEL_TYPE = "POSEANIMATE_ONE_TO_ALL"
 REFERENCE_TYPE = "POSEANIMATE_ONE_TO_ALL_REFERENCE"
 DEFAULT_MODEL = "one_to_all_14b.safetensors"
+LORA_SLOTS = 2
 _SHARD = re.compile(r"-\d+-of-\d+\.(safetensors|sft)$", re.IGNORECASE)
-
-
-def _model_choices() -> list[str]:
-    """Weight files and shard index files in diffusion_models (a shard stands for its whole folder)."""
-    names = host.list_models("diffusion_models")
-    names += [n for n in host.list_models("diffusion_models", {".json"}) if n.endswith(".index.json")]
-    return sorted(set(names)) or [DEFAULT_MODEL]
 
 
 class OneToAllLoader:
@@ -44,15 +40,22 @@ class OneToAllLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model_name": (_model_choices(), {"tooltip": "One-to-All checkpoint in models/diffusion_models: a single "
+                "model_name": (model_choices("diffusion_models", DEFAULT_MODEL), {"tooltip": "One-to-All checkpoint in models/diffusion_models: a single "
                                                              "safetensors file, a shard index JSON, or one shard of the "
                                                              "released folder (the whole folder is loaded)"}),
                 "precision": (list(wan_precision.COMPUTE_PRECISIONS), {"default": "bf16"}),
                 "weight_storage": (list(wan_precision.WEIGHT_STORAGE), {"default": "default",
                                                                          "tooltip": "fp8 stores the block weights in 8 bits (about half the VRAM)"}),
-                "block_swap": ("INT", {"default": 0, "min": 0, "max": 40,
-                                       "tooltip": "Main transformer blocks kept in CPU memory and streamed to the GPU (less VRAM, slower)"}),
-            }
+                **runtime_inputs(),
+            },
+            "optional": {
+                **lora_inputs(LORA_SLOTS, "A Wan2.1-T2V LoRA (same size as the model: 14B or 1.3B) in models/loras, e.g. a "
+                                          "step-distillation LoRA for the sampler's distilled preset; lands on the main blocks"),
+                "lora_mode": (["merged", "unmerged"], {"default": "merged",
+                                                       "tooltip": "merged: added into the weights once (fastest); unmerged: "
+                                                                  "side branches over the (fp8) weights"}),
+                **toolkit_inputs(),
+            },
         }
 
     RETURN_TYPES = (MODEL_TYPE,)
@@ -60,7 +63,8 @@ class OneToAllLoader:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, model_name, precision="bf16", weight_storage="default", block_swap=0):
+    def load(self, model_name, precision="bf16", weight_storage="default", block_swap=0, attention="auto",
+             lora_mode="merged", **slots):
         from ..models.one_to_all.loading import load_one_to_all
 
         dtype = wan_precision.dtype_from_name(precision)
@@ -68,9 +72,13 @@ class OneToAllLoader:
         path = host.resolve_model("diffusion_models", model_name)
         if _SHARD.search(path.name):
             path = path.parent  # one shard picked: the official release folder holds the rest
-        device = host.torch_device()
-        model = load_one_to_all(path, dtype=dtype, device=device, weight_dtype=weight_dtype, block_swap=int(block_swap))
-        return (pipeline.OneToAllModel(model.eval(), dtype, device, model_name),)
+        loras = chosen_loras(slots, LORA_SLOTS)
+        model = load_one_to_all(path, dtype=dtype, device="cpu", weight_dtype=weight_dtype, loras=loras,
+                                merge=lora_mode == "merged")
+        options = runtime_options(block_swap, attention, slots.pop("compile", "off"), slots.pop("step_cache_threshold", 0.0))
+        info = {"loras": [(p.name, s) for p, s in loras], "merged": lora_mode == "merged"}
+        return (pipeline.OneToAllModel(model.eval(), dtype, host.torch_device(), model_name, host.offload_device(),
+                                       options, info),)
 
 
 class OneToAllPrepareReference:
@@ -145,7 +153,8 @@ class OneToAllSampler:
                 "pose_guidance_scale": ("FLOAT", {"default": 1.5, "min": 1.0, "max": 10.0, "step": 0.1,
                                                   "tooltip": "Pose guidance (1 = off: two calls per step)"}),
                 "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
-            }
+            },
+            "optional": {"preset": preset_input()},
         }
 
     RETURN_TYPES = ("IMAGE", "LATENT")
@@ -154,17 +163,15 @@ class OneToAllSampler:
     CATEGORY = CATEGORY
 
     def sample(self, model, vae, embeds, reference, pose_images, resolution="480p", steps=30,
-               image_guidance_scale=2.0, pose_guidance_scale=1.5, seed=42):
+               image_guidance_scale=2.0, pose_guidance_scale=1.5, seed=42, preset="official"):
         poses = frames.to_uint8_rgb(pose_images, "pose_images")
-        callback = host.step_callback(pipeline.total_steps(len(poses), steps))
-        host.check_interrupt()
-        with released_after_run(model, vae):
-            result = pipeline.sample_one_to_all(
-                model, vae, embeds, reference["image"], poses, reference["pose"], reference.get("mask"),
-                resolution=resolution, steps=int(steps), image_guidance_scale=float(image_guidance_scale),
-                pose_guidance_scale=float(pose_guidance_scale), seed=int(seed), callback=callback,
-                device=model.device if isinstance(model, pipeline.OneToAllModel) else host.torch_device())
-        return (result.frames_float(), result.latent())
+        result = run_sampler(
+            "One-to-All", model, (vae,), model.progress_total(len(poses), int(steps)),
+            model.transformer_calls(len(poses), int(steps), image_guidance_scale, pose_guidance_scale, preset),
+            vae, embeds, reference["image"], poses, reference["pose"], reference.get("mask"),
+            resolution=resolution, steps=int(steps), image_guidance_scale=float(image_guidance_scale),
+            pose_guidance_scale=float(pose_guidance_scale), seed=int(seed), preset=preset)
+        return (result.frames, result.latent)
 
 
 NODE_CLASS_MAPPINGS = {

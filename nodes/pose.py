@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from ..pose import align, detect, frames, keypoints, render
+from ..pose import align, detect, frames, keypoints, reference, render, stage
 from . import host
 
 CATEGORY = "PoseAnimate/pose"
@@ -52,7 +52,10 @@ class LoadPoseDetector:
 
 
 class DetectPoses:
-    """IMAGE frames -> POSE_KEYPOINT (whole body, real scores kept), with progress and cancel."""
+    """IMAGE frames -> POSE_KEYPOINT (whole body, real scores kept), with progress and cancel.
+
+    A single image (the reference) is detected at most 2048 px on its long side, and once more
+    at 640 px when nobody is found (pose/reference.py)."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -74,15 +77,23 @@ class DetectPoses:
     def detect(self, images, detector, person="largest", missing_frames="hold_last", batch_size=8):
         pixels = frames.to_uint8_rgb(images, "images")
         try:
-            found = detect.detect_video(detector, pixels, person=person, missing=missing_frames,
-                                        callback=host.step_callback(len(pixels)), batch_size=batch_size)
+            if len(pixels) == 1:  # a picture (the reference): capped size for huge photos, a smaller retry
+                found = [reference.detect_reference(detector, pixels[0], person)[0]]
+            else:
+                found = detect.detect_video(detector, pixels, person=person, missing=missing_frames,
+                                            callback=host.step_callback(len(pixels)), batch_size=batch_size)
         finally:
             host.free_memory()
         return (keypoints.frames_to_pose_keypoint(found),)
 
 
 class PrepareDrivingVideo:
-    """Every n-th frame, a frame cap, and crop/resize to the reference's aspect ratio (multiples of 16)."""
+    """Every n-th frame, a frame cap, and the framing a model expects: ``crop`` to the reference's
+    aspect (One-to-All), ``keep`` the video's own framing (UniAnimate), ``pad`` or ``stretch``.
+
+    Never upsizes: without short_side the output is the video's own pixels (a view of the input
+    when no resampling is needed). With reference_pose connected the reference is checked first,
+    so a reference with nobody fails before any driving frame is detected."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -92,10 +103,18 @@ class PrepareDrivingVideo:
                 "select_every_nth": ("INT", {"default": 1, "min": 1, "max": 64}),
                 "max_frames": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "0 = all frames"}),
                 "skip_first_frames": ("INT", {"default": 0, "min": 0, "max": 100000}),
-                "short_side": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16, "tooltip": "0 = the reference's own size"}),
-                "fit": (["crop", "pad", "stretch"], {"default": "crop"}),
+                "short_side": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16,
+                                       "tooltip": "0 = the video's own pixels (cropped, never upsized); else this short "
+                                                  "side, multiples of 16, at most the video's own size"}),
+                "fit": (list(frames.FIT_MODES), {"default": "crop",
+                                                 "tooltip": "crop: centre crop to the reference's aspect (One-to-All); "
+                                                            "keep: the video's own framing (UniAnimate); pad / stretch"}),
             },
-            "optional": {"reference_image": ("IMAGE",)},
+            "optional": {
+                "reference_image": ("IMAGE", {"tooltip": "The reference picture (its aspect is used by crop/pad/stretch)"}),
+                "reference_pose": ("POSE_KEYPOINT", {"tooltip": "The reference's detected pose: checked before the "
+                                                                "driving video is touched; its canvas gives the aspect"}),
+            },
         }
 
     RETURN_TYPES = ("IMAGE", "INT", "INT", "INT")
@@ -103,13 +122,22 @@ class PrepareDrivingVideo:
     FUNCTION = "prepare"
     CATEGORY = CATEGORY
 
-    def prepare(self, images, select_every_nth=1, max_frames=0, skip_first_frames=0, short_side=0, fit="crop", reference_image=None):
+    def prepare(self, images, select_every_nth=1, max_frames=0, skip_first_frames=0, short_side=0, fit="crop",
+                reference_image=None, reference_pose=None):
         size = None
-        if reference_image is not None:
-            ref = frames.to_uint8_rgb(reference_image, "reference_image")
-            size = (ref.shape[2], ref.shape[1])
-        out = frames.prepare_driving(images, size, select_every_nth, max_frames, skip_first_frames, short_side, fit)
-        return (frames.to_image_tensor(out), len(out), out.shape[2], out.shape[1])
+        if reference_pose is not None:
+            parsed = keypoints.frames_from_pose_keypoint(reference_pose)
+            if not parsed:
+                raise ValueError("reference_pose is empty: connect Detect Poses run on the reference image.")
+            ref = reference.require_person(parsed[0])
+            size = (ref.width, ref.height)
+        elif reference_image is not None:
+            shape = reference_image.shape
+            if len(shape) != 4 or shape[0] < 1:
+                raise ValueError(f"reference_image must be an IMAGE batch (1, H, W, C), got shape {tuple(shape)}")
+            size = (int(shape[2]), int(shape[1]))
+        out = frames.prepare_driving_image(images, size, select_every_nth, max_frames, skip_first_frames, short_side, fit)
+        return (out, int(out.shape[0]), int(out.shape[2]), int(out.shape[1]))
 
 
 class AlignPoses:
@@ -124,32 +152,56 @@ class AlignPoses:
                 "mode": (list(align.MODES), {"default": "unianimate"}),
                 "anchor_frame": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Driving frame whose proportions are matched to the reference"}),
             },
-            "optional": {"reference_image": ("IMAGE", {"tooltip": "Needed by one_to_all_pose (the reference is warped onto the pose)"})},
+            "optional": {
+                "reference_image": ("IMAGE", {"tooltip": "Needed by one_to_all_pose (the reference is warped onto the pose)"}),
+                "auto_anchor": ("BOOLEAN", {"default": False, "tooltip": "Pick the anchor frame automatically (One-to-All's "
+                                                                         "pick_good_source_frame); anchor_frame is then ignored"}),
+                "rescale_limbs": ("BOOLEAN", {"default": True, "tooltip": "One-to-All's 'align' switch: off keeps the driving "
+                                                                          "skeletons as detected (the official cross-scale "
+                                                                          "example turns it off); UniAnimate always aligns"}),
+            },
         }
 
-    RETURN_TYPES = ("POSE_KEYPOINT", "POSE_KEYPOINT", "IMAGE", "MASK")
-    RETURN_NAMES = ("aligned_poses", "reference_pose", "reference_image", "outpaint_mask")
+    RETURN_TYPES = ("POSE_KEYPOINT", "POSE_KEYPOINT", "IMAGE", "MASK", "IMAGE")
+    RETURN_NAMES = ("aligned_poses", "reference_pose", "reference_image", "outpaint_mask", "reference_pose_image")
     FUNCTION = "align"
     CATEGORY = CATEGORY
 
-    def align(self, driving_poses, reference_pose, mode="unianimate", anchor_frame=0, reference_image=None):
+    def align(self, driving_poses, reference_pose, mode="unianimate", anchor_frame=0, reference_image=None,
+              auto_anchor=False, rescale_limbs=True):
         import torch
 
         driving = keypoints.frames_from_pose_keypoint(driving_poses)
         reference = keypoints.frames_from_pose_keypoint(reference_pose)[0]
-        ref_img = None if reference_image is None else frames.to_uint8_rgb(reference_image, "reference_image")[0]
-        if anchor_frame >= len(driving):
+        warps = mode == "one_to_all_pose"  # the only mode that reads the picture's pixels
+        ref_img = frames.to_uint8_rgb(reference_image, "reference_image")[0] if warps and reference_image is not None else None
+        if not auto_anchor and anchor_frame >= len(driving):
             raise ValueError(f"anchor_frame {anchor_frame} is past the last driving frame ({len(driving) - 1})")
-        result = align.align_poses(driving, reference, mode, ref_img, anchor_frame)
-        image = result.reference_image
-        if image is None:
-            image = np.zeros((reference.height, reference.width, 3), np.uint8)
-        mask = result.mask if result.mask is not None else np.zeros(image.shape[:2], np.float32)
+        anchor = align.AUTO_ANCHOR if auto_anchor else anchor_frame
+        result = align.align_poses(driving, reference, mode, ref_img, anchor, rescale=bool(rescale_limbs))
+        if warps:
+            image_out = frames.to_image_tensor(result.reference_image[None])
+        elif reference_image is not None and reference_image.shape[-1] == 3:
+            image_out = reference_image  # unchanged: handed on, no float copy of a 12-megapixel picture
+        elif reference_image is not None:
+            image_out = frames.to_image_tensor(frames.to_uint8_rgb(reference_image, "reference_image")[:1])
+        else:
+            image_out = torch.zeros(1, 1, 1, 3).expand(1, reference.height, reference.width, 3)
+        if result.mask is not None:
+            mask = torch.from_numpy(np.ascontiguousarray(result.mask, np.float32))[None]
+        else:  # nothing to outpaint: an all-zero mask of the reference's size that costs no memory
+            mask = torch.zeros(1, 1, 1).expand(1, int(image_out.shape[1]), int(image_out.shape[2]))
+        pose_image = result.reference_pose_image
+        if pose_image is None:  # the mode's own style at its working size (UniAnimate: the official canvas)
+            style = stage.STYLE_FOR_MODE[mode]
+            pose_image = render.render_pose(result.reference_pose, style,
+                                            *render.working_size(style, reference.width, reference.height))
         return (
             keypoints.frames_to_pose_keypoint(result.frames),
             keypoints.frames_to_pose_keypoint([result.reference_pose]),
-            frames.to_image_tensor(image[None]),
-            torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None],
+            image_out,
+            mask,
+            frames.to_image_tensor(pose_image[None]),
         )
 
 
@@ -162,8 +214,11 @@ class RenderPoses:
             "required": {
                 "poses": ("POSE_KEYPOINT",),
                 "style": (list(render.STYLES), {"default": "openpose"}),
-                "width": ("INT", {"default": 0, "min": 0, "max": 8192, "tooltip": "0 = the poses' canvas width"}),
-                "height": ("INT", {"default": 0, "min": 0, "max": 8192, "tooltip": "0 = the poses' canvas height"}),
+                "width": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 2,
+                                  "tooltip": "0 = the style's working size: unianimate the official 512x768 canvas, "
+                                             "one_to_all/openpose the poses' canvas with its short side capped at 768 "
+                                             "(multiples of 16). Other sizes must be even (video encoders)."}),
+                "height": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 2, "tooltip": "0 = the style's working size (see width)"}),
                 "draw_body": ("BOOLEAN", {"default": True}),
                 "draw_hands": ("BOOLEAN", {"default": True}),
                 "draw_face": ("BOOLEAN", {"default": True}),
@@ -180,9 +235,27 @@ class RenderPoses:
     def render(self, poses, style="openpose", width=0, height=0, draw_body=True, draw_hands=True,
                draw_face=True, face_change=True, head_change=False):
         parsed = keypoints.frames_from_pose_keypoint(poses)
+        if not parsed:
+            raise ValueError("Render Poses: the poses are empty (0 frames); connect Detect Poses or Align Poses.")
         options = render_options(style, draw_body, draw_hands, draw_face, face_change, head_change)
-        images = render.render_poses(parsed, style, width or None, height or None, **options)
-        return (frames.to_image_tensor(images),)
+        width, height = render_size(style, parsed[0], width, height)
+        chunks = (render.render_poses(parsed[i:i + _RENDER_CHUNK], style, width, height, **options)
+                  for i in range(0, len(parsed), _RENDER_CHUNK))
+        return (frames.image_from_chunks(chunks, len(parsed), width, height, "Render Poses"),)
+
+
+_RENDER_CHUNK = 32
+
+
+def render_size(style: str, frame: keypoints.PoseFrame, width: int = 0, height: int = 0) -> tuple[int, int]:
+    """The node's width/height: 0 = the style's working size (one side 0: that side follows the aspect)."""
+    ww, wh = render.working_size(style, frame.width, frame.height)
+    if not width and not height:
+        return ww, wh
+    width = width or frames.even_floor(round(height * ww / wh))
+    height = height or frames.even_floor(round(width * wh / ww))
+    frames.check_even_size(int(width), int(height), "Render Poses")
+    return int(width), int(height)
 
 
 def render_options(style, draw_body=True, draw_hands=True, draw_face=True, face_change=True, head_change=False) -> dict:

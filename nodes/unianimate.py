@@ -17,24 +17,19 @@ from __future__ import annotations
 
 from ..models.unianimate import pipeline
 from ..models.unianimate import windows as win
-from ..models.wan import precision as wan_precision
+from ..models.runtime import precision as wan_precision
 from ..pose import frames
 from . import host
-from .wan import CLIP_VISION_TYPE, EMBEDS_TYPE, VAE_TYPE, released_after_run
+from .common import (chosen_loras, lora_inputs, model_choices, preset_input, released_after_run, run_sampler,
+                     runtime_inputs, runtime_options, toolkit_inputs)
+from .wan import CLIP_VISION_TYPE, EMBEDS_TYPE, VAE_TYPE
 
 CATEGORY = "PoseAnimate/unianimate"
 MODEL_TYPE = "POSEANIMATE_UNIANIMATE"
 CLIP_EMBEDS_TYPE = "POSEANIMATE_WAN_CLIP_EMBEDS"
 DEFAULT_BASE = "wan2.1_i2v_720p_14B_bf16.safetensors"
 DEFAULT_UNIANIMATE = "UniAnimate-Wan2.1-14B-Lora-12000.ckpt"
-NONE = "None"
 EXTRA_LORAS = 2
-
-
-def _base_choices() -> list[str]:
-    names = host.list_models("diffusion_models")
-    names += [n for n in host.list_models("diffusion_models", {".json"}) if n.endswith(".index.json")]
-    return sorted(set(names)) or [DEFAULT_BASE]
 
 
 def _unianimate_choices() -> list[str]:
@@ -43,25 +38,15 @@ def _unianimate_choices() -> list[str]:
     return first + [n for n in names if n not in first] or [DEFAULT_UNIANIMATE]
 
 
-def _attention_choices() -> list[str]:
-    from ..models.wan.attention import available_backends
-
-    return ["auto"] + [b for b in available_backends() if b != "auto"]
-
-
 class UniAnimateLoader:
     """Wan2.1-I2V-14B + the UniAnimate LoRA and pose modules (+ optional extra Wan LoRAs)."""
 
     @classmethod
     def INPUT_TYPES(cls):
-        loras = [NONE] + host.list_models("loras")
-        optional = {}
-        for i in range(1, EXTRA_LORAS + 1):
-            optional[f"lora_{i}"] = (loras, {"default": NONE, "tooltip": "Any Wan2.1 LoRA in models/loras, stacked on top"})
-            optional[f"lora_{i}_strength"] = ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05})
+        optional = {**lora_inputs(EXTRA_LORAS, "Any Wan2.1 LoRA in models/loras, stacked on top"), **toolkit_inputs()}
         return {
             "required": {
-                "base_model": (_base_choices(), {"tooltip": "Wan2.1-I2V-14B (720P, as official) in models/diffusion_models: "
+                "base_model": (model_choices("diffusion_models", DEFAULT_BASE), {"tooltip": "Wan2.1-I2V-14B (720P, as official) in models/diffusion_models: "
                                                             "official, diffusers or ComfyUI single file (fp8 too)"}),
                 "unianimate_file": (_unianimate_choices(), {"tooltip": "UniAnimate-Wan2.1-14B-Lora-12000.ckpt (or its fp16 "
                                                                        "safetensors) in models/loras"}),
@@ -74,9 +59,7 @@ class UniAnimateLoader:
                 "lora_mode": (["merged", "unmerged"], {"default": "merged",
                                                        "tooltip": "merged: added into the weights once (fastest); unmerged: "
                                                                   "side branches (needed with fp8 weights)"}),
-                "block_swap": ("INT", {"default": 0, "min": 0, "max": 40,
-                                       "tooltip": "Transformer blocks kept in CPU memory and streamed to the GPU (less VRAM, slower)"}),
-                "attention": (_attention_choices(), {"default": "auto"}),
+                **runtime_inputs(),
             },
             "optional": optional,
         }
@@ -95,16 +78,13 @@ class UniAnimateLoader:
         merge = lora_mode == "merged"
         base = host.resolve_model("diffusion_models", base_model)
         unianimate = host.resolve_model("loras", unianimate_file)
-        loras = []
-        for i in range(1, EXTRA_LORAS + 1):
-            name = extra.get(f"lora_{i}", NONE)
-            if name and name != NONE:
-                loras.append((host.resolve_model("loras", name), float(extra.get(f"lora_{i}_strength", 1.0))))
+        loras = chosen_loras(extra, EXTRA_LORAS)
         transformer, pose_encoders = load_unianimate(base, unianimate, dtype=dtype, device="cpu", weight_dtype=weight_dtype,
                                                      lora_scale=float(unianimate_strength), merge=merge, extra_loras=loras)
         info = {"base": base_model, "unianimate": unianimate_file, "merged": merge, "loras": [str(p.name) for p, _ in loras]}
         return (pipeline.UniAnimateModel(transformer, pose_encoders, dtype, host.torch_device(), host.offload_device(),
-                                         int(block_swap), attention, info),)
+                                         runtime_options(block_swap, attention, extra.get("compile", "off"),
+                                                         extra.get("step_cache_threshold", 0.0)), info),)
 
 
 class WanCLIPVisionEncode:
@@ -164,6 +144,7 @@ class UniAnimateSampler:
                                          "tooltip": "Window length in latent frames (21 = 81 video frames, official)"}),
                 "context_overlap": ("INT", {"default": win.CONTEXT_OVERLAP, "min": win.PRIVATE_FRAMES, "max": 32,
                                             "tooltip": "Overlap between windows in latent frames (official 4)"}),
+                "preset": preset_input(),
             },
         }
 
@@ -174,20 +155,19 @@ class UniAnimateSampler:
 
     def sample(self, model, vae, clip_vision, embeds, reference_image, pose_images, reference_pose_image,
                resolution="480p", seed=0, steps=pipeline.DEFAULT_STEPS, cfg=pipeline.DEFAULT_CFG, clip_embeds=None,
-               context_size=win.CONTEXT_SIZE, context_overlap=win.CONTEXT_OVERLAP):
+               context_size=win.CONTEXT_SIZE, context_overlap=win.CONTEXT_OVERLAP, preset="official"):
         if context_overlap >= context_size:
             raise ValueError(f"context_overlap ({context_overlap}) must be smaller than context_size ({context_size}).")
         poses = frames.to_uint8_rgb(pose_images, "pose_images")
-        total = pipeline.progress_total(len(poses), int(steps), int(context_size), int(context_overlap))
-        callback = host.step_callback(total)
-        host.check_interrupt()
-        with released_after_run(model, vae, clip_vision):
-            result = pipeline.generate(
-                model, vae, clip_vision, embeds, frames.to_uint8_rgb(reference_image, "reference_image")[0], poses,
-                frames.to_uint8_rgb(reference_pose_image, "reference_pose_image")[0], resolution=resolution,
-                seed=int(seed), steps=int(steps), cfg=float(cfg), context_size=int(context_size),
-                context_overlap=int(context_overlap), callback=callback, clip_embeds=clip_embeds)
-        return (result.frames, {"samples": result.latents})
+        result = run_sampler(
+            "UniAnimate", model, (vae, clip_vision),
+            model.progress_total(len(poses), int(steps), int(context_size), int(context_overlap)),
+            model.transformer_calls(len(poses), int(steps), float(cfg), int(context_size), int(context_overlap), preset),
+            vae, clip_vision, embeds, frames.to_uint8_rgb(reference_image, "reference_image")[0], poses,
+            frames.to_uint8_rgb(reference_pose_image, "reference_pose_image")[0], resolution=resolution,
+            seed=int(seed), steps=int(steps), cfg=float(cfg), context_size=int(context_size),
+            context_overlap=int(context_overlap), clip_embeds=clip_embeds, preset=preset)
+        return (result.frames, result.latent)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -6,19 +6,16 @@ by models/wan/loading.py. Each loader returns one of our own types:
 
 * ``POSEANIMATE_WAN_VAE``: ``models.wan.vae_tiling.WanVAE`` (placement, dtype, tiling, latent normalisation)
 * ``POSEANIMATE_WAN_TEXT_ENCODER``: ``models.wan.text.WanTextEncoder``
-* ``POSEANIMATE_WAN_CLIP_VISION``: ``models.wan.offload.Placement`` around a transformers ``CLIPVisionModel``
+* ``POSEANIMATE_WAN_CLIP_VISION``: ``models.runtime.placement.Placement`` around a transformers ``CLIPVisionModel``
 * ``POSEANIMATE_WAN_EMBEDS``: ``models.wan.text.WanPromptEmbeds`` (positive + negative, zero-padded to 512)
 """
 from __future__ import annotations
 
-import contextlib
-
-import torch
-
-from ..models.wan import loading, offload, text, vae_tiling
-from ..models.wan import precision as wan_precision
-from ..models.wan.offload import Placement
+from ..models.wan import loading, text, vae_tiling
+from ..models.runtime import precision as wan_precision
+from ..models.runtime.placement import Placement
 from . import host
+from .common import model_choices, released_on_error
 from .host import comfy_memory_manager
 
 CATEGORY = "PoseAnimate/wan"
@@ -26,51 +23,6 @@ VAE_TYPE = "POSEANIMATE_WAN_VAE"
 TEXT_ENCODER_TYPE = "POSEANIMATE_WAN_TEXT_ENCODER"
 CLIP_VISION_TYPE = "POSEANIMATE_WAN_CLIP_VISION"
 EMBEDS_TYPE = "POSEANIMATE_WAN_EMBEDS"
-
-
-def _choices(kind: str, example: str) -> list[str]:
-    """Weight files of a folder, plus shard index files (``*.index.json``) of sharded checkpoints."""
-    names = host.list_models(kind)
-    names += [n for n in host.list_models(kind, {".json"}) if n.endswith(".index.json")]
-    return sorted(set(names)) or [example]
-
-
-def release_all(*handles) -> None:
-    """Release every handle (errors ignored), then free cached memory.
-
-    Handles with ``release()`` (WanVAE, WanTextEncoder, Placement) call it; a Wan
-    transformer module drops its prefetched swap blocks and attention caches.
-    """
-    for handle in handles:
-        release = getattr(handle, "release", None)
-        if release is None and isinstance(handle, torch.nn.Module):
-            release = lambda module=handle: offload.release_transformer(module)  # noqa: E731
-        if release is not None:
-            with contextlib.suppress(Exception):
-                release()
-    host.free_memory()
-
-
-@contextlib.contextmanager
-def released_after_run(*handles, on_success: bool = True):
-    """Release the handles' accelerator memory when the body ends (``on_success``) or fails.
-
-    Failure includes ComfyUI's interrupt (Cancel), which raises out of a step
-    callback; the memory is freed before the exception goes on. Samplers wrap
-    their run in this with the transformer's and VAE's handles.
-    """
-    try:
-        yield
-    except BaseException:
-        release_all(*handles)
-        raise
-    if on_success:
-        release_all(*handles)
-
-
-def released_on_error(*handles):
-    """``released_after_run`` that only releases when the body fails or is interrupted."""
-    return released_after_run(*handles, on_success=False)
 
 
 # ------------------------------------------------------------------------------------- nodes
@@ -81,7 +33,7 @@ class LoadWanVAE:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "vae_name": (_choices("vae", "wan_2.1_vae.safetensors"), {"tooltip": "Wan2.1 VAE in models/vae"}),
+                "vae_name": (model_choices("vae", "wan_2.1_vae.safetensors"), {"tooltip": "Wan2.1 VAE in models/vae"}),
                 "precision": (list(wan_precision.COMPUTE_PRECISIONS), {"default": "bf16"}),
                 "offload_after_use": ("BOOLEAN", {"default": True, "tooltip": "Move the VAE off the GPU after each encode/decode"}),
                 "tiled": ("BOOLEAN", {"default": True, "tooltip": "Encode/decode in overlapping spatial tiles (less VRAM)"}),
@@ -111,7 +63,7 @@ class LoadWanTextEncoder:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "text_encoder_name": (_choices("text_encoders", "umt5_xxl_fp16.safetensors"), {"tooltip": "UMT5-XXL encoder in models/text_encoders"}),
+                "text_encoder_name": (model_choices("text_encoders", "umt5_xxl_fp16.safetensors"), {"tooltip": "UMT5-XXL encoder in models/text_encoders"}),
                 "precision": (list(wan_precision.COMPUTE_PRECISIONS), {"default": "bf16"}),
                 "offload_after_use": ("BOOLEAN", {"default": True, "tooltip": "Move the encoder off the GPU after encoding"}),
             }
@@ -137,7 +89,7 @@ class LoadWanCLIPVision:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "clip_name": (_choices("clip_vision", "clip_vision_h.safetensors"), {"tooltip": "CLIP vision model in models/clip_vision"}),
+                "clip_name": (model_choices("clip_vision", "clip_vision_h.safetensors"), {"tooltip": "CLIP vision model in models/clip_vision"}),
                 "precision": (list(wan_precision.COMPUTE_PRECISIONS), {"default": "bf16"}),
                 "offload_after_use": ("BOOLEAN", {"default": True, "tooltip": "Move the encoder off the GPU after encoding"}),
             }

@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .align_one_to_all import located, pose_mode, retarget_ref_mode, warp_points
+from .align_one_to_all import located, pick_anchor_frame, pose_mode, retarget_ref_mode, warp_points
 from .align_unianimate import align_unianimate
 from .frames import crop_box_for_aspect
 from .keypoints import PoseFrame
 
 MODES = ("none", "unianimate", "one_to_all_ref", "one_to_all_pose")
+AUTO_ANCHOR = "auto"  # anchor_frame value: One-to-All's pick_good_source_frame chooses the frame
 
 
 @dataclass
@@ -47,6 +48,8 @@ class AlignResult:
     reference_image: np.ndarray | None   # (H, W, 3) uint8, warped in one_to_all_pose mode, else the input
     mask: np.ndarray | None              # (H, W) float32, 1 = area to outpaint (one_to_all_pose), else None
     info: dict = field(default_factory=dict)  # ratios, offsets, scale etc. for inspection
+    reference_pose_image: np.ndarray | None = None  # (H, W, 3) uint8: One-to-All's reference pose drawing
+    # (no face; in one_to_all_pose the drawing warped with the image, as official), else None
 
 
 def _check_inputs(driving, reference, mode: str, anchor_frame: int) -> None:
@@ -64,6 +67,8 @@ def _check_inputs(driving, reference, mode: str, anchor_frame: int) -> None:
     if reference.num_people == 0 or not located(reference.people[0][:18]).any():
         raise ValueError("the reference pose has no person: use a reference image where the character's body "
                          "is visible, or the 'none' alignment mode")
+    if isinstance(anchor_frame, str) and not anchor_frame.strip().lstrip("-").isdigit():
+        raise ValueError(f"anchor_frame must be a frame index or '{AUTO_ANCHOR}', got {anchor_frame!r}")
     if not 0 <= int(anchor_frame) < len(driving):
         raise ValueError(f"anchor_frame {anchor_frame} is out of range: the driving video has {len(driving)} frames "
                          f"(use 0..{len(driving) - 1})")
@@ -104,35 +109,76 @@ def _reference_image(image, reference: PoseFrame) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _resolve_anchor(driving, reference: PoseFrame, mode: str, anchor_frame) -> tuple[int, dict]:
+    """An index, or AUTO_ANCHOR: One-to-All's automatic pick on the frames as the mode sees them."""
+    if not (isinstance(anchor_frame, str) and anchor_frame.strip().lower() == AUTO_ANCHOR):
+        return anchor_frame, {}
+    if mode == "none":
+        return 0, {}
+    people = ([to_reference_canvas(f, reference.width, reference.height) for f in driving] if mode.startswith("one_to_all")
+              else [f.people for f in driving])
+    if reference.num_people == 0:
+        return 0, {}  # _check_inputs names the problem
+    return pick_anchor_frame(people, reference.people[0].astype(np.float64))
+
+
+def _one_to_all_pose_drawing(reference: PoseFrame, width: int, height: int, matrix=None) -> np.ndarray:
+    """infer_utils.py: the reference's pose drawn without face on the image's canvas; in 'pose'
+    mode warped with the image's matrix (bilinear, black border)."""
+    import cv2
+
+    from .render import render_pose
+
+    drawing = render_pose(reference, "one_to_all", width, height, without_face=True)
+    if matrix is None:
+        return drawing
+    return cv2.warpAffine(drawing, np.asarray(matrix, np.float32), (width, height), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+
+
 def align_poses(driving: list[PoseFrame], reference: PoseFrame, mode: str = "unianimate",
-                reference_image: np.ndarray | None = None, anchor_frame: int = 0) -> AlignResult:
+                reference_image: np.ndarray | None = None, anchor_frame: int | str = 0,
+                rescale: bool = True) -> AlignResult:
     """Align ``driving`` poses to ``reference`` with the recipe of ``mode`` (see module docstring).
 
     ``anchor_frame``: the driving frame whose skeleton is measured against the reference (the
-    official scripts use frame 0). ``reference_image`` is required by ``one_to_all_pose``.
+    official scripts use frame 0), or ``"auto"`` for One-to-All's ``pick_good_source_frame``.
+    ``rescale``: One-to-All's ``align`` switch; False keeps the driving skeletons as detected
+    (in 'pose' mode the reference is still warped onto the anchor pose). ``reference_image`` is
+    required by ``one_to_all_pose``.
     """
+    anchor_frame, anchor_info = _resolve_anchor(driving, reference, mode, anchor_frame)
     _check_inputs(driving, reference, mode, anchor_frame)
     anchor_frame = int(anchor_frame)
+    if not rescale and mode == "unianimate":
+        raise ValueError("rescale_limbs off is One-to-All's 'align' switch; UniAnimate's recipe always aligns. "
+                         "Use mode 'none' to keep the driving skeletons as detected.")
     if mode == "none":
         return AlignResult([f.copy() for f in driving], reference.copy(), reference_image, None, {"mode": "none"})
 
     if mode == "unianimate":
         frames, info = align_unianimate(list(driving), reference, anchor_frame)
-        info.update(mode=mode, anchor_frame=anchor_frame)
+        info.update(mode=mode, anchor_frame=anchor_frame, **anchor_info)
         return AlignResult(frames, reference.copy(), reference_image, None, info)
 
     width, height = reference.width, reference.height
     people = [to_reference_canvas(f, width, height) for f in driving]
     ref_person = reference.people[0].astype(np.float64)
     if mode == "one_to_all_ref":
-        out, info = retarget_ref_mode(people, ref_person, anchor_frame, (width, height))
-        info.update(mode=mode, anchor_frame=anchor_frame)
-        return AlignResult([PoseFrame(width, height, p) for p in out], reference.copy(), reference_image, None, info)
+        if rescale:
+            out, info = retarget_ref_mode(people, ref_person, anchor_frame, (width, height))
+        else:  # official align=False: the detected skeletons on the reference's crop, unchanged
+            out, info = people, {}
+        info.update(mode=mode, anchor_frame=anchor_frame, rescale=bool(rescale), **anchor_info)
+        return AlignResult([PoseFrame(width, height, p) for p in out], reference.copy(), reference_image, None, info,
+                           _one_to_all_pose_drawing(reference, width, height))
 
     image = _reference_image(reference_image, reference)
-    out, _, warped, mask, info = pose_mode(people, ref_person, image, anchor_frame)
+    out, _, warped, mask, info = pose_mode(people, ref_person, image, anchor_frame, rescale=rescale)
     matrix = np.asarray(info["M"], np.float32)
     ref_people = np.stack([warp_points(p, matrix, image.shape[1], image.shape[0]) for p in reference.people])
-    info.update(mode=mode, anchor_frame=anchor_frame, image_size=[image.shape[1], image.shape[0]])
+    info.update(mode=mode, anchor_frame=anchor_frame, image_size=[image.shape[1], image.shape[0]], **anchor_info)
+    drawing = _one_to_all_pose_drawing(PoseFrame(image.shape[1], image.shape[0], reference.people), image.shape[1],
+                                       image.shape[0], matrix)
     return AlignResult([PoseFrame(width, height, p) for p in out], PoseFrame(width, height, ref_people),
-                       warped, mask, info)
+                       warped, mask, info, drawing)

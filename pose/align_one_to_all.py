@@ -503,9 +503,10 @@ def align_to_pose_person(person: np.ndarray, ratios: dict, ref_face) -> np.ndarr
 
 
 def pose_mode(driving_people: list[np.ndarray], ref_person: np.ndarray, image: np.ndarray, anchor_frame: int,
-              conf: float = 0.9):
+              conf: float = 0.9, rescale: bool = True):
     """One-to-All 'pose' mode. Returns (aligned people per frame, warped reference person,
-    warped image, mask, info)."""
+    warped image, mask, info). ``rescale`` False is the official ``align=False``: the reference is
+    still warped onto the anchor pose, the driving skeletons stay as detected."""
     height, width = image.shape[:2]
     drv = driving_people[anchor_frame][0]
     scale, shoulder_ok, hip_ok = reference_scale(ref_person, drv, conf)
@@ -516,9 +517,70 @@ def pose_mode(driving_people: list[np.ndarray], ref_person: np.ndarray, image: n
     ratios = stepwise_ratios(ref_warped[:18, :2], ref_person[:18, 2], drv[:18, :2].astype(np.float64),
                              drv[:18, 2], conf)
     ref_face = ref_warped[FACE] if located(ref_person[FACE]).any() else None
-    out = [np.stack([align_to_pose_person(p, ratios, ref_face) for p in people]) if len(people) else people
-           for people in driving_people]
+    if rescale:
+        out = [np.stack([align_to_pose_person(p, ratios, ref_face) for p in people]) if len(people) else people
+               for people in driving_people]
+    else:
+        out = [np.array(people, np.float64) for people in driving_people]
     info = {"scale_ratio": float(scale), "M": matrix.astype(np.float64).tolist(), "shoulder_ok": shoulder_ok,
             "hip_ok": hip_ok, "ratios": {f"{a}-{b}": float(v) for (a, b), v in ratios.items()},
-            "warp_flags": {"image": "INTER_LINEAR, border 0", "mask": "INTER_NEAREST, border 255"}}
+            "warp_flags": {"image": "INTER_LINEAR, border 0", "mask": "INTER_NEAREST, border 255"}, "rescale": bool(rescale)}
     return out, ref_warped, warped_image, mask, info
+
+
+# --- automatic anchor frame: infer_function.pick_good_source_frame -----------------------------
+
+_SYMMETRIC = (((2, 3), (5, 6)), ((3, 4), (6, 7)), ((8, 9), (11, 12)), ((9, 10), (12, 13)))  # arm3/arm6 .. ll2/rl2
+
+
+def _angle_with_vertical(v) -> float:
+    return float(np.arctan2(abs(v[0]), abs(v[1]) + 1e-9))
+
+
+def _angle_with_horizontal(v) -> float:
+    return float(np.arctan2(abs(v[1]), abs(v[0]) + 1e-9))
+
+
+def _upright(body: np.ndarray, torso_deg: float = 30.0, level_deg: float = 30.0) -> bool:
+    """Torso within 30 degrees of vertical, shoulders and hips within 30 degrees of level."""
+    if (body[[1, 2, 5, 8, 11]] <= 0).any():
+        return False
+    torso = (body[8] + body[11]) / 2 - (body[2] + body[5]) / 2
+    return (_angle_with_vertical(torso) <= np.radians(torso_deg)
+            and _angle_with_horizontal(body[5] - body[2]) <= np.radians(level_deg)
+            and _angle_with_horizontal(body[11] - body[8]) <= np.radians(level_deg))
+
+
+def pick_anchor_frame(driving_people: list[np.ndarray], ref_person: np.ndarray, th: float = 1e-6,
+                      ratio_thr: float = 1.5) -> tuple[int, dict]:
+    """The official automatic anchor: the frame whose limb ratios to the reference are most
+    left/right symmetric (arms and legs, within 1.5x), then upright, then closest in shoulder tilt
+    and head direction to the reference; ties go to the earliest frame.
+
+    Coordinates are taken as they are (normalised, on the reference canvas), like the official
+    code; frames with nobody are skipped. Returns (index, info)."""
+    ref = ref_person[:18, :2].astype(np.float64)
+    ref_shoulder = _angle_with_horizontal(ref[5] - ref[2])
+    ref_head = _angle_with_vertical(ref[0] - ref[1])
+    candidates = []
+    for idx, people in enumerate(driving_people):
+        if not len(people):
+            continue
+        body = np.asarray(people[0][:18, :2], np.float64)
+
+        def ratio(a, b):
+            src = float(np.linalg.norm(body[a] - body[b]))
+            return 1.0 if src < th else float(np.linalg.norm(ref[a] - ref[b])) / src
+
+        sym = 0
+        for left, right in _SYMMETRIC:
+            v1, v2 = ratio(*left), ratio(*right)
+            if v1 >= th and v2 >= th and 1.0 / ratio_thr <= v1 / v2 <= ratio_thr:
+                sym += 1
+        score = (abs(_angle_with_horizontal(body[5] - body[2]) - ref_shoulder)
+                 + abs(_angle_with_vertical(body[0] - body[1]) - ref_head))
+        candidates.append((-sym, not _upright(body), score, idx))
+    if not candidates:
+        raise ValueError("no driving frame has a person to anchor the alignment on")
+    best = min(candidates)
+    return best[3], {"auto_anchor": {"sym_count": -best[0], "upright": not best[1], "angle_score": best[2]}}

@@ -3,8 +3,14 @@
 ComfyUI hands us IMAGE batches (T, H, W, C) float 0..1 as torch tensors; the pose
 stack works on uint8 RGB numpy arrays. This module converts between the two,
 accepts what users really feed (RGBA, grayscale, a single image), and does the
-driving-video preparation: every n-th frame, a frame cap, crop/resize to the
-reference's aspect ratio at sizes that are multiples of 16.
+driving-video preparation: every n-th frame, a frame cap, the framing each model
+expects (One-to-All: crop to the reference's aspect; UniAnimate: the video as it is).
+
+Real sizes rule the design: a 300-frame 1080x1920 IMAGE is 7.5 GB of float32, so nothing
+here copies it whole. Conversions run a few frames (and row blocks) at a time, driving
+frames are never upsized (a crop without resampling is a view of the input), outputs are
+allocated once and filled in place, and allocations larger than the free memory are
+refused up front with the node's name.
 """
 from __future__ import annotations
 
@@ -12,44 +18,10 @@ import cv2
 import numpy as np
 
 
-class FrameError(ValueError):
-    """Images that cannot be used (empty batch, wrong shape...)."""
-
-
-def to_uint8_rgb(images, what: str = "images") -> np.ndarray:
-    """Any IMAGE-like input -> (T, H, W, 3) uint8 RGB.
-
-    Accepts torch tensors or numpy arrays, float in 0..1 or uint8, (H, W), (H, W, C) or
-    (T, H, W, C) with C = 1 (grayscale, replicated), 3, or 4 (RGBA: alpha dropped).
-    """
-    if hasattr(images, "detach"):
-        images = images.detach().cpu().float().numpy()
-    arr = np.asarray(images)
-    if arr.size == 0:
-        raise FrameError(f"{what}: the image batch is empty (0 frames). Connect a video or image with at least one frame.")
-    if arr.ndim == 2:
-        arr = arr[None, :, :, None]
-    elif arr.ndim == 3:
-        arr = arr[..., None] if arr.shape[-1] not in (1, 3, 4) else arr[None]
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
-        raise FrameError(f"{what}: expected (frames, height, width, channels) with 1, 3 or 4 channels, got shape {tuple(arr.shape)}.")
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    elif arr.shape[-1] == 4:
-        arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        arr = np.nan_to_num(arr.astype(np.float32), nan=0.0)
-        if arr.max(initial=0.0) > 1.0 + 1e-3:  # already 0..255 floats
-            arr = arr / 255.0
-        arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr)
-
-
-def to_image_tensor(frames: np.ndarray):
-    """(T, H, W, 3) uint8 -> ComfyUI IMAGE (torch float32 0..1)."""
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255.0)
+# Conversions and sizes every model family shares live in models/runtime/images.py.
+from ..models.runtime.images import (RESOLUTIONS, FrameError, as_image_batch, floor_to_multiple,  # noqa: F401
+                                     iter_uint8_chunks, size_for_resolution, size_for_short_side,
+                                     to_image_tensor, to_uint8_rgb)
 
 
 def select_indices(num_frames: int, every_nth: int = 1, max_frames: int = 0, skip_first: int = 0) -> list[int]:
@@ -62,26 +34,6 @@ def select_indices(num_frames: int, every_nth: int = 1, max_frames: int = 0, ski
     if not idx:
         raise FrameError(f"no frame left: {num_frames} frames, skip_first={skip_first}, every_nth={every_nth}")
     return idx
-
-
-def floor_to_multiple(value: float, multiple: int = 16) -> int:
-    return max(multiple, int(value) // multiple * multiple)
-
-
-def size_for_short_side(width: int, height: int, short_side: int, multiple: int = 16) -> tuple[int, int]:
-    """(W, H) with the given short side, the input's aspect ratio, both multiples of ``multiple``."""
-    scale = short_side / min(width, height)
-    return floor_to_multiple(width * scale, multiple), floor_to_multiple(height * scale, multiple)
-
-
-RESOLUTIONS = {"480p": 480, "580p": 580, "720p": 720}
-
-
-def size_for_resolution(width: int, height: int, resolution: str, multiple: int = 16) -> tuple[int, int]:
-    """Hosted-endpoint resolution names -> (W, H) on the reference's aspect ratio."""
-    if resolution not in RESOLUTIONS:
-        raise FrameError(f"resolution must be one of {sorted(RESOLUTIONS)}, got {resolution!r}")
-    return size_for_short_side(width, height, RESOLUTIONS[resolution], multiple)
 
 
 def crop_box_for_aspect(width: int, height: int, target_w: int, target_h: int) -> tuple[int, int, int, int]:
@@ -132,21 +84,171 @@ def _interp(w: int, h: int, nw: int, nh: int) -> int:
     return cv2.INTER_AREA if nw * nh < w * h else cv2.INTER_CUBIC
 
 
+FIT_MODES = ("crop", "keep", "pad", "stretch")
+
+
+def even_floor(value: float) -> int:
+    """The largest even size <= value (at least 2): video encoders (libx264) refuse odd sizes."""
+    return max(2, int(value) // 2 * 2)
+
+
+def _short_side_size(width: int, height: int, short_side: int, multiple: int) -> tuple[int, int]:
+    """(W, H) with ``short_side`` on the width:height aspect, multiples of ``multiple``, never
+    larger than width x height (short sides larger than the source give the source's own size)."""
+    if short_side >= min(width, height):
+        return floor_to_multiple(width, 2), floor_to_multiple(height, 2)
+    scale = short_side / min(width, height)
+    return floor_to_multiple(width * scale, multiple), floor_to_multiple(height * scale, multiple)
+
+
+def driving_plan(shape, reference_size: tuple[int, int] | None = None, every_nth: int = 1, max_frames: int = 0,
+                 skip_first: int = 0, short_side: int = 0, mode: str = "crop", multiple: int = 16) -> dict:
+    """What Prepare Driving Video does to a (T, H, W, C) video, before touching a pixel.
+
+    ``crop``: centre crop to the reference's aspect (One-to-All's ``resizecrop``); ``keep``: the
+    video's own framing (UniAnimate: the official x/y ratios absorb the aspect); ``pad`` /
+    ``stretch``: letterbox / plain resize to the reference's aspect. ``short_side`` 0 keeps the
+    video's own pixels (a crop at its own size, sides made even); a short side is never upsized.
+    Returns {"indices", "box": (x0, y0, w, h) of the crop, "size": (W, H), "resize": bool}.
+    """
+    if mode not in FIT_MODES:
+        raise FrameError(f"fit mode must be one of {', '.join(FIT_MODES)}, got {mode!r}")
+    t, h, w = (int(v) for v in shape[:3])
+    indices = select_indices(t, every_nth, max_frames, skip_first)
+    ref_w, ref_h = reference_size if reference_size and mode != "keep" else (w, h)
+    box = (0, 0, w, h)
+    if mode == "crop":
+        box = crop_box_for_aspect(w, h, ref_w, ref_h)
+    bw, bh = box[2], box[3]
+    if mode in ("crop", "keep"):
+        if short_side:
+            size = _short_side_size(bw, bh, short_side, multiple)
+        else:
+            size = (even_floor(bw), even_floor(bh))
+            if size != (bw, bh):  # trim the odd last row / column: a view, no resampling
+                box = (box[0], box[1], size[0], size[1])
+    else:  # pad / stretch: the reference's aspect at the video's own scale
+        if mode == "pad":  # a canvas of the reference's aspect whose long side is the video's long side
+            side = max(w, h)
+            cw, ch = (side, side * ref_h / ref_w) if ref_w >= ref_h else (side * ref_w / ref_h, side)
+        else:
+            cw = (w * h * ref_w / ref_h) ** 0.5
+            ch = w * h / cw
+        size = _short_side_size(int(cw), int(ch), short_side, multiple) if short_side else (even_floor(cw), even_floor(ch))
+    resize = mode in ("pad", "stretch") or size != (box[2], box[3])
+    return {"indices": indices, "box": box, "size": size, "resize": resize}
+
+
+def _selected(arr, indices: list[int]):
+    """Frames ``indices`` (an arithmetic run) as a view when possible."""
+    if len(indices) == 1:
+        return arr[indices[0]:indices[0] + 1]
+    step = indices[1] - indices[0]
+    return arr[indices[0]:indices[-1] + 1:step]
+
+
 def prepare_driving(frames, reference_size: tuple[int, int] | None = None, every_nth: int = 1,
                     max_frames: int = 0, skip_first: int = 0, short_side: int = 0, mode: str = "crop",
                     multiple: int = 16) -> np.ndarray:
-    """Driving video -> frames the pose stage and the models expect.
+    """Driving video -> (T, H, W, 3) uint8 frames for the pose detector (see ``driving_plan``).
 
-    Selects frames, then crops/resizes them to the reference's aspect ratio (``reference_size``
-    = (W, H) of the reference image; None keeps the video's own aspect) at a size that is a
-    multiple of ``multiple``; ``short_side`` 0 keeps the reference's own scale.
-    """
-    frames = to_uint8_rgb(frames, "driving video")
-    frames = frames[select_indices(len(frames), every_nth, max_frames, skip_first)]
-    h, w = frames.shape[1:3]
-    ref_w, ref_h = reference_size or (w, h)
-    if short_side:
-        out_w, out_h = size_for_short_side(ref_w, ref_h, short_side, multiple)
-    else:
-        out_w, out_h = floor_to_multiple(ref_w, multiple), floor_to_multiple(ref_h, multiple)
-    return fit_frames(frames, out_w, out_h, mode)
+    Frames are converted and resized a few at a time, so the peak is the uint8 result."""
+    arr = as_image_batch(frames, "driving video")
+    plan = driving_plan(arr.shape, reference_size, every_nth, max_frames, skip_first, short_side, mode, multiple)
+    x0, y0, bw, bh = plan["box"]
+    width, height = plan["size"]
+    selected = _selected(arr, plan["indices"])
+    check_memory(len(plan["indices"]) * width * height * 3, "Prepare Driving Video", f"{len(plan['indices'])} frames at {width}x{height}")
+    out = np.empty((len(plan["indices"]), height, width, 3), np.uint8)
+    done = 0
+    for chunk in iter_uint8_chunks(selected, what="driving video"):
+        for frame in chunk:
+            crop = frame[y0:y0 + bh, x0:x0 + bw]
+            out[done] = fit_image(crop, width, height, "pad" if mode == "pad" else "stretch") if plan["resize"] else crop
+            done += 1
+    return out
+
+
+def prepare_driving_image(images, reference_size: tuple[int, int] | None = None, every_nth: int = 1,
+                          max_frames: int = 0, skip_first: int = 0, short_side: int = 0, mode: str = "crop",
+                          multiple: int = 16):
+    """The same on a ComfyUI IMAGE: a view of the input (no copy) whenever no resampling is needed,
+    else a float32 IMAGE filled a few frames at a time."""
+    import torch
+
+    images = images if hasattr(images, "detach") else torch.from_numpy(np.asarray(images))
+    arr = as_image_batch(images, "driving video")
+    plan = driving_plan(arr.shape, reference_size, every_nth, max_frames, skip_first, short_side, mode, multiple)
+    x0, y0, bw, bh = plan["box"]
+    width, height = plan["size"]
+    selected = _selected(arr, plan["indices"])
+    if not plan["resize"] and arr.shape[-1] == 3 and arr.dtype == torch.float32:
+        return selected[:, y0:y0 + bh, x0:x0 + bw, :]
+    count = len(plan["indices"])
+    check_memory(count * width * height * 3 * 4, "Prepare Driving Video", f"{count} frames at {width}x{height}")
+    out = torch.empty((count, height, width, 3), dtype=torch.float32)
+    done = 0
+    for chunk in iter_uint8_chunks(selected, what="driving video"):
+        crops = [f[y0:y0 + bh, x0:x0 + bw] for f in chunk]
+        if plan["resize"]:
+            crops = [fit_image(c, width, height, "pad" if mode == "pad" else "stretch") for c in crops]
+        part = out[done:done + len(crops)]
+        part.copy_(torch.from_numpy(np.stack(crops)))
+        part.div_(255.0)
+        done += len(crops)
+    return out
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the OS can still give (Linux MemAvailable; psutil elsewhere; None if unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - unknown platform: no check
+        return None
+
+
+class NotEnoughMemoryError(MemoryError):
+    """An allocation the machine cannot hold, refused before it is tried."""
+
+
+def check_memory(nbytes: int, node: str, what: str) -> None:
+    """Refuse an allocation larger than the free memory with a message naming the node and the size."""
+    free = available_memory()
+    if free is not None and nbytes > free:
+        raise NotEnoughMemoryError(
+            f"{node}: {what} need {nbytes / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of memory is free. "
+            "Use fewer frames (max_frames, select_every_nth), a smaller size (width/height or short_side), "
+            "or a smaller reference image.")
+
+
+def image_from_chunks(chunks, count: int, width: int, height: int, node: str):
+    """uint8 (T_i, H, W, 3) chunks -> one ComfyUI IMAGE, allocated once (no uint8 copy of the whole video)."""
+    import torch
+
+    check_memory(count * width * height * 3 * 4, node, f"{count} frames at {width}x{height}")
+    out = torch.empty((count, height, width, 3), dtype=torch.float32)
+    done = 0
+    for chunk in chunks:
+        part = out[done:done + len(chunk)]
+        part.copy_(torch.from_numpy(np.ascontiguousarray(chunk)))  # uint8 -> float32 in place, no temporary
+        part.div_(255.0)
+        done += len(chunk)
+    if done != count:
+        raise FrameError(f"{node}: produced {done} frames, expected {count}")
+    return out
+
+
+def check_even_size(width: int, height: int, node: str) -> None:
+    """Video encoders (libx264, ComfyUI's SaveVideo) refuse odd sizes: say so where the size is chosen."""
+    if width % 2 or height % 2:
+        raise FrameError(f"{node}: {width}x{height} has an odd side, and video encoders (libx264) refuse odd sizes; "
+                         f"use {even_floor(width)}x{even_floor(height)} (or 0 for the working size, always a multiple of 16).")

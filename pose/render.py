@@ -11,10 +11,14 @@ their renders):
     Points with score >= 0.3 are drawn. Every person is drawn.
 ``unianimate``
     UniAnimate-DiT's ``draw_pose`` (run_align_pose.py): 18 body points + two toe points
-    (mean of big and small toe, only if both are visible), 19 limbs incl. ankle->toe,
+    (mean of big and small toe, only if both are visible; the big toe alone when the detector
+    has no small toe at all, e.g. mediapipe), 19 limbs incl. ankle->toe,
     limbs darkened x 0.6 before the joints, hands, no face; colours R/B swapped as the
     model sees them (the official script writes an RGB canvas with cv2.imwrite and reads
     it back with PIL). Only the first person is drawn (the official code keeps one).
+    Drawn on the official fixed canvas, 768x512 (HxW; 512x768 for landscape outputs), then
+    resized with PIL bilinear to the requested size: line widths at the model input are the
+    official ones whatever the reference's size.
 ``one_to_all``
     One-to-All Animation's ``draw_pose_aligned``: drawn on a canvas whose short side is
     2160 px, stick widths from that canvas size, colours scaled by confidence, limbs x 0.6,
@@ -54,6 +58,7 @@ STYLE_OPTIONS: dict[str, dict[str, bool]] = {
         "draw_hands": True,  # hand bones and dots
         "draw_face": False,  # the model was trained without the face; True gives the official "with face" canvas
         "swap_rb": True,     # True: colours as the model sees them (R/B swapped); False: the raw canvas
+        "official_canvas": True,  # True: draw on the fixed 768x512 canvas and resize; False: draw at the output size
     },
     "one_to_all": {
         "without_face": False,  # True: no face dots (the reference-pose image style)
@@ -80,6 +85,8 @@ _HAND_EDGES = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (
 _HEAD = (0, 14, 15, 16, 17)
 _ONE_TO_ALL_FACE = tuple(i for i in range(68) if not (i < 17 or 27 <= i < 36))  # no jaw, no nose
 _ONE_TO_ALL_SHORT_SIDE = 2160
+UNIANIMATE_CANVAS = (512, 768)  # (W, H): run_align_pose.py draws every pose with draw_pose(H=768, W=512)
+WORKING_MAX_SHORT = 768         # One-to-All's infer_preprocess.py caps the short side of its canvases here
 _MAX_DEFAULT_THREADS = 4
 _LUT_06 = np.array([int(v * 0.6) for v in range(256)], np.uint8)  # (canvas * 0.6).astype(uint8)
 
@@ -138,17 +145,70 @@ def _size(frame: PoseFrame, width, height) -> tuple[int, int]:
     return int(w), int(h)
 
 
+# --- sizes -----------------------------------------------------------------------------------
+
+def unianimate_canvas(width: int, height: int) -> tuple[int, int]:
+    """UniAnimate's fixed drawing canvas (W, H) for an output of width x height: the official
+    512x768 portrait canvas, transposed for landscape outputs (the official scripts are portrait only)."""
+    w, h = UNIANIMATE_CANVAS
+    return (h, w) if width > height else (w, h)
+
+
+def working_size(style: str, width: int, height: int) -> tuple[int, int]:
+    """The size a style draws at when the caller gives none, for poses on a width x height canvas.
+
+    ``unianimate``: the official fixed canvas. ``one_to_all``: One-to-All's preprocessing size (the
+    canvas with its short side capped at 768, both sides floored to multiples of 16).
+    ``openpose``: the same cap (the consumers resize to their own size). Always multiples of 16,
+    so every pose video can be encoded (libx264 refuses odd sizes)."""
+    _check_style(style)
+    if style == "unianimate":
+        return unianimate_canvas(width, height)
+    w, h = int(width), int(height)
+    if min(w, h) > WORKING_MAX_SHORT:  # infer_preprocess.py's arithmetic: short side to the cap, long side truncated
+        w, h = (WORKING_MAX_SHORT, int(h * WORKING_MAX_SHORT / w)) if w <= h else (int(w * WORKING_MAX_SHORT / h), WORKING_MAX_SHORT)
+    return max(16, w // 16 * 16), max(16, h // 16 * 16)
+
+
+def _resize_bilinear(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """PIL bilinear (antialiased when shrinking): torchvision's resize of a PIL image, as the
+    UniAnimate inference script resizes the pose images."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def _draw_frame(out: np.ndarray, people: np.ndarray, style: str, opts: dict, draw) -> None:
+    """Draw one frame into ``out``; UniAnimate goes through its official canvas."""
+    h, w = out.shape[:2]
+    if style == "unianimate" and opts["official_canvas"]:
+        cw, ch = unianimate_canvas(w, h)
+        if (cw, ch) != (w, h):
+            canvas = np.zeros((ch, cw, 3), np.uint8)
+            draw(canvas, people, opts)
+            out[:] = _resize_bilinear(canvas, w, h)
+            return
+    draw(out, people, opts)
+
+
+def _output_size(frame: PoseFrame, style: str, opts: dict, width, height) -> tuple[int, int]:
+    if style == "unianimate" and opts["official_canvas"] and width is None and height is None:
+        return unianimate_canvas(frame.width, frame.height)
+    return _size(frame, width, height)
+
+
 # --- public API ------------------------------------------------------------------------------
 
 def render_pose(frame: PoseFrame, style: str = "openpose", width: int | None = None,
                 height: int | None = None, **options) -> np.ndarray:
-    """Draw one frame: (H, W, 3) uint8 RGB. Size defaults to the frame's canvas."""
+    """Draw one frame: (H, W, 3) uint8 RGB. Size defaults to the frame's canvas (``unianimate``:
+    to the official fixed canvas)."""
     opts = _resolve_options(style, options)
     if not isinstance(frame, PoseFrame):
         raise ValueError(f"render_pose needs a PoseFrame (pose/keypoints.py), got {type(frame).__name__}")
-    w, h = _size(frame, width, height)
+    w, h = _output_size(frame, style, opts, width, height)
     out = np.zeros((h, w, 3), np.uint8)
-    _DRAWERS[style](out, _bounded(frame.people), opts)
+    _draw_frame(out, _bounded(frame.people), style, opts, _DRAWERS[style])
     return out
 
 
@@ -156,7 +216,8 @@ def render_poses(frames: list[PoseFrame], style: str = "openpose", width: int | 
                  height: int | None = None, threads: int | None = None, **options) -> np.ndarray:
     """Draw a sequence: (T, H, W, 3) uint8 RGB, frames drawn in parallel (OpenCV releases the GIL).
 
-    Without width/height every frame must have the same canvas size. ``threads`` defaults to
+    Without width/height every frame must have the same canvas size (``unianimate`` then draws
+    at its official fixed canvas). ``threads`` defaults to
     the CPU count, at most 4 (the Python part of drawing holds the GIL, more threads do not help).
     """
     opts = _resolve_options(style, options)
@@ -169,7 +230,7 @@ def render_poses(frames: list[PoseFrame], style: str = "openpose", width: int | 
             raise ValueError("render_poses got no frames; pass width and height to get an empty (0, H, W, 3) array")
         w, h = _size(PoseFrame(1, 1), width, height)
         return np.zeros((0, h, w, 3), np.uint8)
-    sizes = {_size(f, width, height) for f in frames}
+    sizes = {_output_size(f, style, opts, width, height) for f in frames}
     if len(sizes) > 1:
         raise ValueError(f"render_poses: frames have different canvas sizes {sorted(sizes)}; pass width and height "
                          "to render them all at one size")
@@ -183,10 +244,10 @@ def render_poses(frames: list[PoseFrame], style: str = "openpose", width: int | 
         draw = partial(_draw_one_to_all, pool=_BufferPool(keep=n))
     if n <= 1:
         for i, f in enumerate(frames):
-            draw(out[i], _bounded(f.people), opts)
+            _draw_frame(out[i], _bounded(f.people), style, opts, draw)
     else:
         def work(i: int) -> None:
-            draw(out[i], _bounded(frames[i].people), opts)
+            _draw_frame(out[i], _bounded(frames[i].people), style, opts, draw)
         with ThreadPoolExecutor(max_workers=n) as pool:
             list(pool.map(work, range(len(frames))))
     return out
@@ -297,9 +358,17 @@ def _unianimate_points(person: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if score[big] > KEEP and score[small] > KEEP:
             pts[k] = (person[big, :2] + person[small, :2]) / np.float32(2)  # float32, as the official mean
             vis[k] = True
+        elif score[big] > KEEP and _never_located(person[small]):
+            pts[k] = person[big, :2]  # a detector without small toes (mediapipe): the big toe alone
+            vis[k] = True
         else:
             pts[k] = -1.0
     return pts, vis
+
+
+def _never_located(point: np.ndarray) -> bool:
+    """(0, 0) with score 0: the layout's mark of a point the detector does not have at all."""
+    return bool(point[2] <= 0 and point[0] == 0 and point[1] == 0)
 
 
 def _draw_unianimate(canvas: np.ndarray, people: np.ndarray, opts: dict) -> None:
@@ -556,4 +625,5 @@ def _clear_boxes(region: np.ndarray, box: np.ndarray) -> None:
 
 _DRAWERS = {"openpose": _draw_openpose, "unianimate": _draw_unianimate, "one_to_all": _draw_one_to_all}
 
-__all__ = ["STYLES", "STYLE_OPTIONS", "render_pose", "render_poses", "style_options"]
+__all__ = ["STYLES", "STYLE_OPTIONS", "UNIANIMATE_CANVAS", "render_pose", "render_poses", "style_options",
+           "unianimate_canvas", "working_size"]

@@ -7,7 +7,9 @@ Exact file names written by ``write_tiny_models(models_dir)`` (the One-to-All wo
   text_dim 32 = the tiny UMT5's width, 16 latent channels);
 - ``vae/wan_2.1_vae.safetensors``: a tiny Wan2.1 VAE (z_dim 16) in ComfyUI's / the official naming;
 - ``text_encoders/umt5_xxl_fp16.safetensors``: the tiny UMT5 in ComfyUI's naming, with the
-  ``spiece_model`` tokenizer tensor ComfyUI embeds.
+  ``spiece_model`` tokenizer tensor ComfyUI embeds;
+- ``loras/wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors``: a tiny Wan2.1-T2V LoRA of the tiny
+  model's size in ComfyUI's spelling (the distilled workflow's step-distillation LoRA; random, not distilled).
 The VAE and text encoder are the same files tests/test_wan_nodes.py writes (tests/wan_tiny.py).
 
 Official layout (``write_official_checkpoint``): a folder of safetensors shards named like the
@@ -29,6 +31,7 @@ import wan_tiny
 TRANSFORMER_FILE = "one_to_all_14b_bf16.safetensors"
 VAE_FILE = "wan_2.1_vae.safetensors"
 TEXT_ENCODER_FILE = "umt5_xxl_fp16.safetensors"
+DISTILL_LORA_FILE = "wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors"
 
 # Sizes of the tiny model (OneToAllTransformer arguments).
 TINY_ONE_TO_ALL = dict(
@@ -79,3 +82,13 @@ def write_tiny_models(models_dir) -> None:
     umt5 = wan_tiny.transformers_umt5_sd(wan_tiny.tiny_umt5())
     umt5["spiece_model"] = torch.frombuffer(bytearray(wan_tiny.tiny_spiece_model()), dtype=torch.uint8)
     wan_tiny.write_file(models_dir / "text_encoders" / TEXT_ENCODER_FILE, umt5)
+    wan_tiny.write_file(models_dir / "loras" / DISTILL_LORA_FILE, tiny_t2v_lora_sd())
+
+
+def tiny_t2v_lora_sd(style: str = "comfy", seed: int = 5) -> dict:
+    """A Wan2.1-T2V LoRA (attention q/k/v/o and FFN of each main block) of the tiny model's size."""
+    import unianimate_tiny
+
+    cfg = TINY_ONE_TO_ALL
+    return unianimate_tiny.tiny_wan_lora_sd(style, dim=cfg["num_attention_heads"] * cfg["attention_head_dim"],
+                                            ffn_dim=cfg["ffn_dim"], num_layers=cfg["num_layers"], seed=seed)

@@ -15,8 +15,10 @@ import one_to_all_tiny
 import wan_tiny
 from poseanimate.models.one_to_all.loading import (load_one_to_all, one_to_all_from_state_dict,
                                                    read_one_to_all_weights)
-from poseanimate.models.wan.fp8 import FP8Linear
-from poseanimate.models.wan.state_dict import WanWeightsError
+from poseanimate.models.one_to_all.pipeline import OneToAllModel
+from poseanimate.models.runtime.fp8 import FP8Linear
+from poseanimate.models.runtime.lifecycle import RuntimeOptions
+from poseanimate.models.runtime.weights import WanWeightsError
 
 REF = Path(__file__).resolve().parent / "fixtures" / "reference" / "one_to_all"
 MANIFESTS = ["manifest_14b.json", "manifest_1_3b.json"]
@@ -135,7 +137,9 @@ def test_single_file_with_comfy_prefix_and_bf16(tmp_path, tiny):
 def test_fp8_weights_and_block_swap(tmp_path, tiny):
     model, sd = tiny
     path = wan_tiny.write_file(tmp_path / "o2a.safetensors", sd)
-    loaded = load_one_to_all(path, dtype=torch.float32, weight_dtype=torch.float8_e4m3fn, block_swap=1)
+    loaded = load_one_to_all(path, dtype=torch.float32, weight_dtype=torch.float8_e4m3fn)
+    runtime = OneToAllModel(loaded, torch.float32, "cpu", options=RuntimeOptions(blocks_to_swap=1))
+    runtime.prepare()  # block swap is the life cycle's placement step, not the loader's
     assert isinstance(loaded.refextractor.blocks[0].attn1.to_k, FP8Linear)
     assert loaded.poseanimate_block_swap.num_swapped == 1
     kw = _inputs(model)

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from paths import REFERENCE
-from poseanimate.models.unianimate.lora import LoRALinear, split_unianimate_state_dict
+from poseanimate.models.runtime.lora import LoRALinear
+from poseanimate.models.unianimate.lora import split_unianimate_state_dict
 from poseanimate.models.unianimate.pose_modules import PoseEncoders
 from poseanimate.models.unianimate.transformer import UniAnimateTransformer, unianimate_from_state_dicts
-from poseanimate.models.wan.fp8 import FP8Linear
-from poseanimate.models.wan.state_dict import WanWeightsError
+from poseanimate.models.runtime.fp8 import FP8Linear
+from poseanimate.models.runtime.weights import WanWeightsError
 
 REF = REFERENCE / "unianimate_dit"
 CKPT = json.loads((REF / "manifest_unianimate_ckpt.json").read_text())

@@ -9,7 +9,7 @@ import torch
 import wan_tiny
 
 from poseanimate.models.wan import layouts, loading
-from poseanimate.models.wan.fp8 import FP8Linear
+from poseanimate.models.runtime.fp8 import FP8Linear
 
 REF = wan_tiny.FIXTURES
 COMFY = REF / "comfy_formats"

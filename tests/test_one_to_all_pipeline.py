@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from poseanimate.models.one_to_all import chunks, guidance, pipeline
-from poseanimate.models.wan.scheduler import FlowMatchEuler
+from poseanimate.models.one_to_all.schedule import one_to_all_scheduler
 from poseanimate.models.wan.text import WanPromptEmbeds
 
 from paths import REFERENCE
@@ -120,7 +120,7 @@ def test_chunk_constants_and_token_replace_flags():
 
 
 def test_schedule_matches_reference():
-    sched = FlowMatchEuler.one_to_all(30)
+    sched = one_to_all_scheduler(30)
     assert sched.timesteps.tolist() == SCHEDULE["scheduler"]["timesteps"]
     assert sched.sigmas.tolist() == SCHEDULE["scheduler"]["sigmas"]
 
@@ -198,7 +198,7 @@ def test_sampler_calls_progress_and_token_replace():
     assert plan.ranges == [(0, 81), (25, 90)] and result.frames.shape == (90, 48, 32, 3) and result.frames.dtype == np.uint8
     assert sum(progress) == len(progress) == 2 * 2 == pipeline.total_steps(90, 2)
     assert len(model.calls) == 2 * 2 * 3  # chunks x steps x calls
-    sched = FlowMatchEuler.one_to_all(2)
+    sched = one_to_all_scheduler(2)
     first, second = model.calls[:6], model.calls[6:]
     for k, rec in enumerate(first):
         assert rec["token_replace"] is False and rec["hidden"].shape == (1, 16, 21, 6, 4)

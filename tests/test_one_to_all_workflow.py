@@ -23,6 +23,7 @@ from poseanimate.pose import sample_media
 
 ROOT = Path(__file__).resolve().parents[1]
 API = json.loads((ROOT / "workflows" / "api" / "one_to_all_animation.json").read_text())
+DISTILLED = json.loads((ROOT / "workflows" / "api" / "one_to_all_animation_distilled.json").read_text())
 REF_W, REF_H = 128, 160
 CLIP_W, CLIP_H, CLIP_FRAMES, CLIP_FPS = 160, 200, 6, 12.0
 
@@ -88,6 +89,23 @@ def test_api_twin_runs_end_to_end(models):
     assert latent["samples"].shape == (1, 16, 3, REF_H // 8, REF_W // 8) and latent["chunks"] == [(0, 9)]
     ((prefix, video),) = ex.saved
     assert prefix == "PoseAnimate/one_to_all" and video.fps == CLIP_FPS and video.images is frames
+
+
+def test_distilled_twin_runs_with_its_lora_and_one_call_per_step(models, capsys):
+    """The distilled variant: the official graph plus the step-distillation LoRA in the loader and
+    the sampler's distilled preset (4 steps, one transformer call per step, said on the console)."""
+    nodes = {n["class_type"]: n["inputs"] for n in DISTILLED.values()}
+    assert nodes["PoseAnimateOneToAllLoader"]["lora_1"] == one_to_all_tiny.DISTILL_LORA_FILE
+    sampler = nodes["PoseAnimateOneToAllSampler"]
+    assert sampler["preset"] == "distilled" and sampler["steps"] == 4
+    official = {n["class_type"]: n["inputs"] for n in API.values()}
+    assert set(official) == set(nodes)  # the same graph as the official-settings workflow
+    clip = torch.from_numpy(sample_media.sample_driving_clip(CLIP_FRAMES, (CLIP_W, CLIP_H))).float().div(255)
+    ex = Executor(_reference(), clip, CLIP_FPS)
+    graph = _fast(DISTILLED)
+    frames, latent = ex.run(graph)[_sampler_id(graph)]
+    assert frames.shape == (CLIP_FRAMES, REF_H, REF_W, 3) and float(frames.std()) > 0
+    assert "4 transformer calls" in capsys.readouterr().out  # 1 chunk x 4 steps x 1 call
 
 
 def test_prepare_reference_pose_mode_mask(models):

@@ -166,7 +166,7 @@ def test_block_swap_and_backend_plumbing_keep_the_output():
     """Block swap (CPU 'device': same hooks, plain copies) and the installed SDPA backend give
     bit-identical outputs; the reference processors are not replaced by the stock one."""
     from poseanimate.models.wan.attention import WanAttentionProcessor
-    from poseanimate.models.wan.offload import prepare_transformer, release_transformer
+    from poseanimate.models.wan.model import prepare_transformer, release_transformer
 
     d = str(REF)
     base = golden_model(d)

@@ -19,10 +19,11 @@ import torch
 from safetensors.torch import load_file
 
 from paths import REFERENCE
-from poseanimate.models.unianimate.lora import LoRAWeights, UniAnimateFile, read_unianimate_file
+from poseanimate.models.runtime.lora import LoRAWeights
+from poseanimate.models.unianimate.lora import UniAnimateFile, read_unianimate_file
 from poseanimate.models.unianimate.pose_modules import official_pose_video_to_frames
 from poseanimate.models.unianimate.transformer import UniAnimateTransformer, unianimate_from_state_dicts
-from poseanimate.models.wan.state_dict import read_state_dict
+from poseanimate.models.runtime.weights import read_state_dict
 
 FILES = ("tiny_config.json", "tiny_base_weights.safetensors", "tiny_lora.safetensors",
          "tiny_inputs.safetensors", "tiny_outputs.safetensors")

@@ -486,3 +486,65 @@ def test_info_is_json_serialisable(ota_golden, mode):
     ref, drv = _ota_inputs(ota_golden)
     info = _run(mode, drv, ref).info
     assert json.loads(json.dumps(info))["mode"] == mode
+
+
+def test_one_to_all_reference_pose_images_are_the_official_drawings(ota_golden):
+    """'pose' mode: the reference pose image is the reference's drawing (no face) warped with the
+    image (infer_utils.warp_ref_to_pose), matching the official warped PNG; 'ref' mode: the plain drawing."""
+    result, _ = _pose_mode(ota_golden)
+    want = cv2.imread(str(OTA / "retarget_posemode_refpose_warped_512x768.png"), cv2.IMREAD_COLOR)[..., ::-1].astype(int)
+    got = result.reference_pose_image  # RGB, as the PNGs store it
+    assert got.shape == (768, 512, 3) and got.dtype == np.uint8
+    diff = np.abs(got.astype(int) - want)
+    assert diff.max() <= 8 and (diff > 0).mean() < 0.005, (diff.max(), (diff > 0).mean())  # OpenCV 4.8 vs 5 warps
+    ref, drv = _ota_inputs(ota_golden)
+    plain = align.align_poses(drv, ref, "one_to_all_ref").reference_pose_image
+    official = cv2.imread(str(OTA / "pose_render_A_512x768_noface.png"), cv2.IMREAD_COLOR)[..., ::-1]
+    np.testing.assert_array_equal(plain, official)
+
+
+def test_one_to_all_align_switch_keeps_the_detected_skeletons(ota_golden):
+    """The official `align=False`: 'pose' mode still warps the reference, the driving poses stay put."""
+    ref, drv = _ota_inputs(ota_golden)
+    image = np.full((768, 512, 3), 200, np.uint8)
+    on = align.align_poses(drv, ref, "one_to_all_pose", reference_image=image)
+    off = align.align_poses(drv, ref, "one_to_all_pose", reference_image=image, rescale=False)
+    np.testing.assert_array_equal(off.reference_image, on.reference_image)
+    assert off.info["rescale"] is False and on.info["rescale"] is True
+    for frame, source in zip(off.frames, drv):
+        np.testing.assert_allclose(frame.people, source.people, atol=1e-6)
+    assert any(np.abs(a.people - b.people).max() > 1e-3 for a, b in zip(on.frames, off.frames))
+    ref_off = align.align_poses(drv, ref, "one_to_all_ref", rescale=False)
+    for frame, source in zip(ref_off.frames, drv):
+        np.testing.assert_allclose(frame.people, source.people, atol=1e-6)
+    with pytest.raises(ValueError, match="One-to-All's 'align' switch"):
+        align.align_poses(drv, ref, "unianimate", rescale=False)
+
+
+def test_auto_anchor_picks_the_symmetric_upright_frame():
+    """pick_good_source_frame: left/right-symmetric limb ratios first, then upright, then angles."""
+    from poseanimate.pose.align_one_to_all import pick_anchor_frame
+
+    def person(lean=0.0, short_left_arm=False):
+        p = np.zeros((134, 3))
+        body = {0: (0.5, 0.15), 1: (0.5, 0.25), 2: (0.4, 0.25), 3: (0.38, 0.4), 4: (0.37, 0.55), 5: (0.6, 0.25),
+                6: (0.62, 0.4), 7: (0.63, 0.55), 8: (0.45, 0.55), 9: (0.45, 0.72), 10: (0.45, 0.9), 11: (0.55, 0.55),
+                12: (0.55, 0.72), 13: (0.55, 0.9), 14: (0.48, 0.13), 15: (0.52, 0.13), 16: (0.46, 0.14), 17: (0.54, 0.14)}
+        for j, (x, y) in body.items():
+            p[j] = (x + lean * (0.55 - y), y, 0.9)
+        if short_left_arm:
+            p[6, :2] = p[5, :2] + (p[6, :2] - p[5, :2]) * 0.4
+            p[7, :2] = p[6, :2] + (p[7, :2] - p[6, :2]) * 0.4
+        return p
+
+    ref = person()
+    frames = [person(short_left_arm=True)[None], person(lean=1.5)[None], np.zeros((0, 134, 3)), person(lean=0.1)[None],
+              person()[None]]
+    index, info = pick_anchor_frame(frames, ref)
+    assert index == 3 or index == 4
+    assert index == 4 and info["auto_anchor"]["sym_count"] == 4 and info["auto_anchor"]["upright"]
+    idx2, info2 = pick_anchor_frame(frames[:4], ref)  # without the perfect frame: the slightly leaning one
+    assert idx2 == 3 and info2["auto_anchor"]["upright"]
+    drv = [PoseFrame(512, 768, f) for f in frames]
+    result = align.align_poses(drv, PoseFrame(512, 768, ref[None]), "one_to_all_ref", anchor_frame="auto")
+    assert result.info["anchor_frame"] == 4 and result.info["auto_anchor"]["sym_count"] == 4

@@ -64,18 +64,22 @@ def test_graph_end_to_end_with_the_embedded_detector(detector, media):
                      torch.ones(1, 448, 320, 1)], dim=-1)
     frames, count, width, height = call("PoseAnimatePrepareDrivingVideo", images=clip, select_every_nth=2, max_frames=0,
                                         skip_first_frames=0, short_side=0, fit="crop", reference_image=ref)
-    assert (count, width, height) == (3, 320, 448) and frames.shape == (3, 448, 320, 3)
+    # the clip's own pixels cropped to the reference's 5:7 aspect (512x512 -> 366x512, made even), not upsized
+    assert (count, width, height) == (3, 366, 512) and frames.shape == (3, 512, 366, 3)
     ref_pose = call("PoseAnimateDetectPoses", images=ref, detector=detector, person="largest", missing_frames="empty", batch_size=4)[0]
     drv_pose = call("PoseAnimateDetectPoses", images=frames, detector=detector, person="largest", missing_frames="hold_last", batch_size=2)[0]
     assert len(drv_pose) == 3 and all(f["people"] for f in drv_pose)
     assert len(ref_pose[0]["people"]) == 1
-    aligned, ref_out, ref_img, mask = call("PoseAnimateAlignPoses", driving_poses=drv_pose, reference_pose=ref_pose,
-                                          mode="unianimate", anchor_frame=0, reference_image=ref)
+    aligned, ref_out, ref_img, mask, ref_pose_img = call("PoseAnimateAlignPoses", driving_poses=drv_pose,
+                                                        reference_pose=ref_pose, mode="unianimate", anchor_frame=0,
+                                                        reference_image=ref)
     assert len(aligned) == 3 and ref_img.shape[-1] == 3 and mask.ndim == 3
+    assert ref_pose_img.shape == (1, 768, 512, 3) and ref_pose_img.max() > 0.2  # UniAnimate's official canvas
     for style in ("openpose", "unianimate", "one_to_all"):
         (images,) = call("PoseAnimateRenderPoses", poses=aligned, style=style, width=0, height=0, draw_body=True,
                          draw_hands=True, draw_face=True, face_change=True, head_change=False)
-        assert images.shape == (3, 448, 320, 3) and images.dtype == torch.float32
+        size = (768, 512) if style == "unianimate" else (448, 320)  # the official canvas / the working size
+        assert images.shape == (3, *size, 3) and images.dtype == torch.float32
         assert images.max() > 0.2, f"{style}: nothing drawn"
 
 
@@ -98,7 +102,7 @@ def test_render_handles_nan_and_out_of_canvas_points():
     people[0, 3] = [3.0, -2.0, 0.9]
     data = kp.frames_to_pose_keypoint([kp.PoseFrame(64, 96, people)])
     for style in ("openpose", "unianimate", "one_to_all"):
-        (images,) = call("PoseAnimateRenderPoses", poses=data, style=style, width=0, height=0, draw_body=True,
+        (images,) = call("PoseAnimateRenderPoses", poses=data, style=style, width=64, height=96, draw_body=True,
                          draw_hands=True, draw_face=True, face_change=True, head_change=False)
         assert images.shape == (1, 96, 64, 3)
 

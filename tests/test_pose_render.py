@@ -273,7 +273,8 @@ def test_render_poses_matches_render_pose_and_threads_agree():
         assert single.any()
         for threads in (1, 2, 4):
             batch = render.render_poses(frames, style, threads=threads)
-            assert batch.shape == (6, 96, 160, 3) and batch.dtype == np.uint8
+            w, h = render.unianimate_canvas(160, 96) if style == "unianimate" else (160, 96)
+            assert batch.shape == (6, h, w, 3) and batch.dtype == np.uint8
             np.testing.assert_array_equal(batch, single)
 
 
@@ -294,7 +295,7 @@ def test_out_of_canvas_nan_and_empty_never_crash(style):
     people = np.stack([_person(1, spread=50.0), _person(2, spread=1e9)])
     people[0, 5:40, 0] = np.nan
     people[1, 60:70, 1] = np.inf
-    image = render.render_pose(PoseFrame(96, 64, people), style)
+    image = render.render_pose(PoseFrame(96, 64, people), style, 96, 64)
     assert image.shape == (64, 96, 3)
     loud = _person(4)
     loud[:, 2] = 1.7  # scores above 1 (some detectors): colours saturate, no crash
@@ -302,7 +303,7 @@ def test_out_of_canvas_nan_and_empty_never_crash(style):
     edited = PoseFrame(96, 64, _person(3)[None])
     edited.people[0, :10, :2] = np.nan  # edited after construction: still drawn without those points
     with np.errstate(all="raise"):
-        assert render.render_pose(edited, style).shape == (64, 96, 3)
+        assert render.render_pose(edited, style, 96, 64).shape == (64, 96, 3)
     empty = render.render_pose(PoseFrame(96, 64), style)
     assert not empty.any()
     only_far = np.zeros((1, 134, 3), np.float32)
@@ -367,9 +368,10 @@ def test_openpose_options():
 def test_unianimate_options_and_toes():
     person = _person(6)
     frame = PoseFrame(256, 256, person[None])
-    swapped = render.render_pose(frame, "unianimate")
-    np.testing.assert_array_equal(render.render_pose(frame, "unianimate", swap_rb=False), swapped[..., ::-1])
-    with_face = render.render_pose(frame, "unianimate", draw_face=True)
+    raw = {"official_canvas": False}  # the drawer itself, at the frame's canvas
+    swapped = render.render_pose(frame, "unianimate", **raw)
+    np.testing.assert_array_equal(render.render_pose(frame, "unianimate", swap_rb=False, **raw), swapped[..., ::-1])
+    with_face = render.render_pose(frame, "unianimate", draw_face=True, **raw)
     white = lambda im: int((im == 255).all(axis=-1).sum())  # noqa: E731
     assert white(with_face) > white(swapped)
     assert not render.render_pose(frame, "unianimate", draw_body=False, draw_hands=False).any()
@@ -378,9 +380,15 @@ def test_unianimate_options_and_toes():
     toe_color = (255, 255, 170)  # (170, 255, 255) after the R/B swap, the left-toe joint colour
     assert (swapped[toe[1], toe[0]] == toe_color).all()
     hidden = person.copy()
-    hidden[19, 2] = 0.3
-    no_toe = render.render_pose(PoseFrame(256, 256, hidden[None]), "unianimate")
+    hidden[19, 2] = 0.3  # detected with a low score: dropped, as official
+    no_toe = render.render_pose(PoseFrame(256, 256, hidden[None]), "unianimate", **raw)
     assert not (no_toe == toe_color).all(axis=-1).any()
+    # a detector without small toes at all (mediapipe: (0, 0), score 0): the big toe carries the toe limb
+    mp_like = person.copy()
+    mp_like[[19, 22]] = 0.0
+    big = (mp_like[18, :2] * 256).astype(int)
+    with_big_toe = render.render_pose(PoseFrame(256, 256, mp_like[None]), "unianimate", **raw)
+    assert (with_big_toe[big[1], big[0]] == toe_color).all()
 
 
 def test_one_to_all_options():

@@ -29,3 +29,18 @@ def test_compiled_blocks_match_eager_on_cpu():
 def test_bad_mode_is_refused():
     with pytest.raises(ValueError, match="compile mode"):
         rc.compile_blocks(torch.nn.Module(), mode="fast")
+
+
+def test_runtime_prepare_step_compiles_and_uncompiles():
+    """The life cycle's compile step (no forward is run: compilation itself happens lazily)."""
+    from poseanimate.models.runtime.lifecycle import RuntimeOptions
+    from poseanimate.models.wan.model import WanTransformerHandle
+
+    official = T.official_transformer_sd(**T.TINY_DIT)
+    model, _ = T.diffusers_transformer_reference(official)
+    handle = WanTransformerHandle(model, options=RuntimeOptions(compile="default"))
+    handle.prepare("cpu")
+    assert model.poseanimate_compiled == AVAILABLE and ("forward" in model.blocks[0].__dict__) == AVAILABLE
+    handle.options.compile = "off"
+    handle.prepare("cpu")
+    assert "forward" not in model.blocks[0].__dict__

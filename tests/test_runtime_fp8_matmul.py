@@ -3,7 +3,7 @@ emulation, stays close to the weight-only path, and falls back where the shapes 
 import pytest
 import torch
 
-from poseanimate.models.wan.fp8 import FP8Linear, fp8_max, scaled_mm_supported, set_fp8_compute
+from poseanimate.models.runtime.fp8 import FP8Linear, fp8_max, scaled_mm_supported, set_fp8_compute
 
 
 def _layer(in_f=64, out_f=48, seed=0):

@@ -12,7 +12,7 @@ import wan_tiny as T  # noqa: E402
 from poseanimate.models.runtime import gguf as R  # noqa: E402
 from poseanimate.models.wan import loading  # noqa: E402
 from poseanimate.models.wan.layouts import detect_layout  # noqa: E402
-from poseanimate.models.wan.state_dict import read_state_dict  # noqa: E402
+from poseanimate.models.runtime.weights import read_state_dict  # noqa: E402
 
 # dim 256 (2 heads of 128) so every block Linear has rows of whole k-quant super-blocks
 GGUF_DIT = dict(T.TINY_DIT, dim=256, ffn_dim=256)
@@ -118,3 +118,20 @@ def test_one_to_all_and_unianimate_load_gguf_files(tmp_path):
     base = G.write_gguf(tmp_path / "base.gguf", load_file(paths["base"]), "Q8_0")
     model, _ = load_unianimate(base, paths["unianimate_ckpt"], dtype=torch.float32, merge=True)
     assert R.gguf_summary(model)["Q8_0"] > 0
+
+
+def test_loader_nodes_list_and_load_gguf_with_toolkit_options(models_dir):
+    """A GGUF in diffusion_models is offered by the One-to-All loader node and loads with the
+    compile / step-cache options passed on to the runtime."""
+    import one_to_all_tiny
+    from poseanimate.nodes.one_to_all import OneToAllLoader
+
+    (models_dir / "diffusion_models").mkdir()
+    G.write_gguf(models_dir / "diffusion_models" / "one_to_all_tiny-Q8_0.gguf", one_to_all_tiny.tiny_state_dict(), "Q8_0")
+    inputs = OneToAllLoader.INPUT_TYPES()
+    assert "one_to_all_tiny-Q8_0.gguf" in inputs["required"]["model_name"][0]
+    assert {"compile", "step_cache_threshold"} <= set(inputs["optional"])
+    (model,) = OneToAllLoader().load("one_to_all_tiny-Q8_0.gguf", precision="fp32", compile="off",
+                                     step_cache_threshold=0.1)
+    assert R.gguf_summary(model.transformer)["Q8_0"] > 0
+    assert (model.options.cache, model.options.cache_threshold, model.options.compile) == ("first_block", 0.1, "off")

@@ -96,3 +96,23 @@ def test_unianimate_windows_have_their_own_entries(tiny_model):  # noqa: F811
         assert torch.isfinite(cached).all() and not torch.equal(cached, baseline)
     finally:
         sc.remove_step_cache(model)
+
+
+def test_runtime_prepare_step_installs_and_release_resets(one_to_all):
+    """The life cycle's cache step: options turn it on at prepare, release frees the entries and
+    says how many calls were skipped; 'off' removes it again."""
+    from poseanimate.models.runtime.lifecycle import RuntimeOptions
+
+    model, _ = one_to_all
+    handle = pipeline.OneToAllModel(model, torch.float32, "cpu", options=RuntimeOptions(cache="first_block",
+                                                                                       cache_threshold=0.2))
+    handle.prepare("cpu")
+    cache = sc.get_step_cache(model)
+    assert cache is not None and cache.threshold == 0.2
+    cache.stats["calls"] = 3
+    handle.release()
+    assert cache.stats == {"calls": 0, "skipped": 0}
+    handle.options.cache = "off"
+    handle.prepare("cpu")
+    assert sc.get_step_cache(model) is None
+    handle.release()

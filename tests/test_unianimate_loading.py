@@ -10,13 +10,14 @@ import wan_tiny
 from safetensors.torch import load_file
 
 from paths import REFERENCE
+from poseanimate.models.runtime import lora as rt_lora
 from poseanimate.models.unianimate import lora as lora_mod
 from poseanimate.models.unianimate import transformer as tr
 from poseanimate.models.unianimate.pose_modules import (PoseEncoders, comfy_image_to_pose_pixels,
                                                          official_pose_video_to_frames)
 from poseanimate.models.wan.attention import install_attention
-from poseanimate.models.wan.fp8 import FP8Linear
-from poseanimate.models.wan.state_dict import WanWeightsError
+from poseanimate.models.runtime.fp8 import FP8Linear
+from poseanimate.models.runtime.weights import WanWeightsError
 
 REF = REFERENCE / "unianimate_dit"
 DIM = ut.TINY_UA_DIT["dim"]
@@ -111,7 +112,7 @@ def test_unmerged_lora_on_fp8_base(tiny_files):
     fp8_nolora, _ = tr.load_unianimate(base, ckpt, dtype=torch.float32, weight_dtype=torch.float8_e4m3fn,
                                        lora_scale=0.0)
     layer = fp8.blocks[0].attn1.to_q
-    assert isinstance(layer, lora_mod.LoRALinear) and isinstance(layer.base, FP8Linear)
+    assert isinstance(layer, rt_lora.LoRALinear) and isinstance(layer.base, FP8Linear)
     assert layer.base.weight.dtype == torch.float8_e4m3fn
     x = torch.randn(3, DIM, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -131,8 +132,8 @@ def test_unmerged_lora_on_fp8_base(tiny_files):
     for weight_dtype, merge in ((torch.float8_e4m3fn, True), (torch.float8_e4m3fn, False), (None, True)):
         m, _ = tr.load_unianimate(scaled, ckpt, dtype=torch.float32, weight_dtype=weight_dtype, merge=merge)
         layer = m.blocks[1].ffn.net[2]
-        assert isinstance(layer, lora_mod.LoRALinear) != merge
-        assert lora_mod._base_linear(layer).weight.dtype == (weight_dtype or torch.float32)
+        assert isinstance(layer, rt_lora.LoRALinear) != merge
+        assert rt_lora._base_linear(layer).weight.dtype == (weight_dtype or torch.float32)
         assert (_run(m, **kw) - out_ref).abs().max() < 0.05 * out_ref.abs().max()
 
 
@@ -154,7 +155,7 @@ def test_extra_wan_lora_in_every_spelling(tiny_files, style, merge):
     if merge:
         assert torch.allclose(layer.weight, want, atol=1e-6)
     else:
-        assert isinstance(layer, lora_mod.LoRALinear) and len(layer.scales) == 2
+        assert isinstance(layer, rt_lora.LoRALinear) and len(layer.scales) == 2
         x = torch.randn(2, DIM, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             assert torch.allclose(layer(x), x @ want.T + raw[f"{official}.bias"], atol=1e-5)
@@ -241,7 +242,7 @@ def test_wrong_files_give_clear_errors(tiny_files):
     with pytest.raises(WanWeightsError, match="another model size"):
         tr.load_unianimate(base, ckpt, extra_loras=[(big, 1.0)])
     deep = wan_tiny.write_file(tmp / "deep.safetensors", ut.tiny_wan_lora_sd("comfy", num_layers=4))
-    with pytest.raises(WanWeightsError, match="not in this Wan model"):
+    with pytest.raises(WanWeightsError, match="not in this model"):
         tr.load_unianimate(base, ckpt, extra_loras=[deep])
     odd = wan_tiny.write_file(tmp / "odd.safetensors", {"blocks.0.self_attn.q.hada_w1_a": torch.zeros(2, 2)})
     with pytest.raises(WanWeightsError, match="not LoRA weights"):

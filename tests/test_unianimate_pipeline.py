@@ -13,11 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from paths import REFERENCE
+from poseanimate.models.runtime.lifecycle import RuntimeOptions
 from poseanimate.models.unianimate import pipeline as pl
 from poseanimate.models.unianimate import windows as win
 from poseanimate.models.unianimate.pose_modules import official_pose_video_to_frames
 from poseanimate.models.unianimate.transformer import load_unianimate
-from poseanimate.models.wan.scheduler import FlowMatchEuler
+from poseanimate.models.unianimate.schedule import unianimate_scheduler
 from poseanimate.models.wan.text import WanPromptEmbeds
 
 REF = REFERENCE / "unianimate_dit"
@@ -74,7 +75,7 @@ def test_window_plan_short_and_private_frames():
 def test_scheduler_matches_schedule_golden():
     for key, case in SCHEDULES["scheduler"].items():
         steps = int(key.split("_")[0].removeprefix("steps"))
-        sched = FlowMatchEuler.unianimate(steps)
+        sched = unianimate_scheduler(steps)
         assert torch.allclose(sched.timesteps, torch.tensor(case["timesteps"]), atol=1e-3)
 
 
@@ -266,7 +267,7 @@ class _FakeClip(torch.nn.Module):
         return Out()
 
 
-def _generate(tiny_model, frames=6, seed=3, cfg=1.5, steps=2, context_size=21, callback=None, model_wrap=None):
+def _generate(tiny_model, frames=6, seed=3, cfg=1.5, steps=2, context_size=21, callback=None, model_wrap=None, **kw):
     model, encoders = tiny_model
     m = CONFIG["model"]
     rng = np.random.default_rng(0)
@@ -280,7 +281,7 @@ def _generate(tiny_model, frames=6, seed=3, cfg=1.5, steps=2, context_size=21, c
     clip = _FakeClip(CONFIG["clip_dim"])
     return pl.generate(um, _FakeVAE(), clip, embeds, ref, poses, ref_pose, seed=seed, steps=steps, cfg=cfg,
                        size=(48, 64), context_size=context_size, context_overlap=min(4, context_size - 1),
-                       callback=callback)
+                       callback=callback, **kw)
 
 
 def test_generate_short_and_seeds_are_bit_identical(tiny_model):
@@ -314,7 +315,7 @@ def test_generate_rejects_bad_inputs(tiny_model):
         pl.generate(pl.UniAnimateModel(*tiny_model), None, None, "prompt", np.zeros((8, 8, 3), np.uint8),
                     np.zeros((1, 8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(pl.UniAnimateInputError, match="pose images"):
-        pl._as_uint8_frames(np.zeros((2, 8, 8)), "pose images")
+        pl._as_uint8_frames(np.zeros((2, 8, 8, 5)), "pose images")
 
 
 def test_generate_releases_memory_when_interrupted(tiny_model):
@@ -346,7 +347,7 @@ def test_model_is_offloaded_after_a_run():
     """release() moves the transformer and pose modules to the offload device (here: meta)."""
     model, encoders = load_unianimate(REF / "tiny_base_weights.safetensors", REF / "tiny_lora.safetensors",
                                       dtype=torch.float32, num_attention_heads=CONFIG["model"]["num_heads"])
-    um = pl.UniAnimateModel(model, encoders, torch.float32, "cpu", "meta", blocks_to_swap=1)
+    um = pl.UniAnimateModel(model, encoders, torch.float32, "cpu", "meta", RuntimeOptions(blocks_to_swap=1))
     um.prepare()
     assert model.poseanimate_block_swap is not None
     um.release()
@@ -355,6 +356,6 @@ def test_model_is_offloaded_after_a_run():
     assert {p.device.type for p in encoders.parameters()} == {"meta"}
     kept = pl.UniAnimateModel(*load_unianimate(REF / "tiny_base_weights.safetensors", REF / "tiny_lora.safetensors",
                                                dtype=torch.float32, num_attention_heads=CONFIG["model"]["num_heads"]),
-                              torch.float32, "cpu", "meta", offload_after_run=False)
+                              torch.float32, "cpu", "meta", RuntimeOptions(offload_after_run=False))
     kept.release()
     assert {p.device.type for p in kept.transformer.parameters()} == {"cpu"}

@@ -17,9 +17,9 @@ import torch
 import wan_tiny as T
 
 from poseanimate.models.wan import loading
-from poseanimate.models.wan.fp8 import FP8Linear, convert_to_fp8, quantize_weight
+from poseanimate.models.runtime.fp8 import FP8Linear, convert_to_fp8, quantize_weight
 from poseanimate.models.wan.loading import WanWeightsError
-from poseanimate.models.wan.state_dict import read_state_dict
+from poseanimate.models.runtime.weights import read_state_dict
 
 FP8 = torch.float8_e4m3fn
 FP8_REL_TOL = 0.05

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 import poseanimate
-from poseanimate.models.wan import offload, text, vae_tiling
-from poseanimate.models.wan.state_dict import WanWeightsError
-from poseanimate.nodes import host
+from poseanimate.models.runtime import placement as offload
+from poseanimate.models.wan import model as wan_model
+from poseanimate.models.wan import text, vae_tiling
+from poseanimate.models.runtime.weights import WanWeightsError
+from poseanimate.nodes import common, host
 from poseanimate.nodes import wan as wan_nodes
 
 import wan_tiny
@@ -147,13 +149,13 @@ def test_release_on_error_frees_memory(monkeypatch):
     monkeypatch.setattr(host, "free_memory", lambda: freed.append(1))
     handle = types.SimpleNamespace(release=lambda: released.append(1))
     with pytest.raises(KeyboardInterrupt):
-        with wan_nodes.released_on_error(handle):
+        with common.released_on_error(handle):
             raise KeyboardInterrupt
     assert freed == [1] and released == [1]
-    with wan_nodes.released_on_error(handle):
+    with common.released_on_error(handle):
         pass
     assert freed == [1]
-    with wan_nodes.released_after_run(handle, types.SimpleNamespace()):
+    with common.released_after_run(handle, types.SimpleNamespace()):
         pass
     assert freed == [1, 1] and released == [1, 1]
     # A Wan transformer handle: its prefetched swap blocks are dropped.
@@ -161,10 +163,10 @@ def test_release_on_error_frees_memory(monkeypatch):
 
     model = WanTransformer3DModel(num_attention_heads=1, attention_head_dim=16, text_dim=8, freq_dim=8,
                                   ffn_dim=16, num_layers=2).eval()
-    offload.prepare_transformer(model, "cpu", "sdpa", blocks_to_swap=2)
+    wan_model.prepare_transformer(model, "cpu", "sdpa", blocks_to_swap=2)
     model.poseanimate_block_swap._load(0)
     with pytest.raises(RuntimeError):
-        with wan_nodes.released_after_run(model):
+        with common.released_after_run(model):
             raise RuntimeError("failed step")
     assert not model.poseanimate_block_swap._loaded and freed == [1, 1, 1]
 

@@ -6,8 +6,15 @@ import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
+from poseanimate.models.runtime import attention as rt_attn
 from poseanimate.models.wan import attention as attn_mod
-from poseanimate.models.wan import offload, precision, scheduler, text, vae_tiling
+from poseanimate.models.runtime import placement as offload
+from poseanimate.models.wan import model as wan_model
+from poseanimate.models.runtime import precision
+from poseanimate.models.one_to_all.schedule import one_to_all_scheduler
+from poseanimate.models.unianimate.pipeline import UNIANIMATE_TILES
+from poseanimate.models.unianimate.schedule import unianimate_scheduler
+from poseanimate.models.wan import scheduler, text, vae_tiling
 
 FIX = __import__("pathlib").Path(__file__).resolve().parent / "fixtures" / "reference"
 
@@ -32,7 +39,7 @@ def tiny_inputs(seed=1, frames=3, size=8, ctx=512):
 # ----------------------------------------------------------------------------- scheduler
 def test_one_to_all_schedule_matches_reference_bit_for_bit():
     ref = json.loads((FIX / "one_to_all" / "schedule_and_chunks.json").read_text())["scheduler"]
-    sch = scheduler.FlowMatchEuler.one_to_all(30)
+    sch = one_to_all_scheduler(30)
     assert torch.equal(sch.sigmas, torch.tensor(ref["sigmas"], dtype=torch.float32))
     assert torch.equal(sch.timesteps, torch.tensor(ref["timesteps"], dtype=torch.float32))
     assert sch.timesteps[0] == 1000.0 and abs(float(sch.timesteps[-1]) - 46.75572205) < 1e-5
@@ -42,7 +49,7 @@ def test_one_to_all_schedule_matches_reference_bit_for_bit():
 def test_unianimate_schedule_matches_reference_bit_for_bit(key):
     ref = json.loads((FIX / "unianimate_dit" / "schedule_and_windows.json").read_text())["scheduler"][key]
     steps = int(key.split("steps")[1].split("_")[0])
-    sch = scheduler.FlowMatchEuler.unianimate(steps)
+    sch = unianimate_scheduler(steps)
     assert torch.equal(sch.sigmas[:-1], torch.tensor(ref["sigmas"], dtype=torch.float32))
     assert sch.sigmas[-1] == 0.0
     assert torch.equal(sch.timesteps, torch.tensor(ref["timesteps"], dtype=torch.float32))
@@ -53,7 +60,7 @@ def test_unianimate_schedule_matches_reference_bit_for_bit(key):
 def test_step_equals_diffusers_flow_match_euler(steps, dtype):
     ref = FlowMatchEulerDiscreteScheduler(shift=7.0, num_train_timesteps=1000, use_dynamic_shifting=False)
     ref.set_timesteps(steps)
-    ours = scheduler.FlowMatchEuler.one_to_all(steps)
+    ours = one_to_all_scheduler(steps)
     assert torch.equal(ref.sigmas, ours.sigmas) and torch.equal(ref.timesteps, ours.timesteps)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, 4, 3, 4, 4, generator=g).to(dtype)
@@ -69,7 +76,7 @@ def test_sampling_with_exact_flow_reaches_the_clean_sample():
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(1, 4, 5, 6, 6, generator=g)
     noise = torch.randn(x0.shape, generator=g)
-    for sch in (scheduler.FlowMatchEuler.one_to_all(9), scheduler.FlowMatchEuler.unianimate(9)):
+    for sch in (one_to_all_scheduler(9), unianimate_scheduler(9)):
         x = sch.add_noise(x0, noise, 0)
         for i in range(sch.num_steps):
             x = sch.step(x, noise - x0, i)
@@ -77,7 +84,7 @@ def test_sampling_with_exact_flow_reaches_the_clean_sample():
 
 
 def test_frozen_frames_are_not_stepped():
-    sch = scheduler.FlowMatchEuler.one_to_all(5)
+    sch = one_to_all_scheduler(5)
     x = torch.randn(1, 4, 6, 2, 2)
     v = torch.randn(1, 4, 6, 2, 2)
     out = sch.step(x, v, 1, frozen_frames=[0, 1])
@@ -124,8 +131,8 @@ def test_seeded_noise_is_bit_identical_and_seed_dependent():
 
 def test_scheduler_rejects_bad_arguments():
     with pytest.raises(ValueError, match="positive integer"):
-        scheduler.FlowMatchEuler.one_to_all(0)
-    sch = scheduler.FlowMatchEuler.unianimate(3)
+        one_to_all_scheduler(0)
+    sch = unianimate_scheduler(3)
     with pytest.raises(IndexError):
         sch.step(torch.zeros(1, 1, 1, 1, 1), torch.zeros(1, 1, 1, 1, 1), 3)
     with pytest.raises(ValueError, match="shape"):
@@ -193,29 +200,29 @@ def test_install_keeps_custom_processors():
 
 def test_backend_selection_and_fallback(monkeypatch):
     with pytest.raises(ValueError, match="Unknown attention backend"):
-        attn_mod.select_backend("xformers2")
-    assert attn_mod.select_backend("sdpa").name == "sdpa"
+        rt_attn.select_backend("xformers2")
+    assert rt_attn.select_backend("sdpa").name == "sdpa"
     if not torch.cuda.is_available():
-        assert attn_mod.available_backends() == ["sdpa"]
-        assert attn_mod.select_backend("flash_attn").name == "sdpa"
+        assert rt_attn.available_backends() == ["sdpa"]
+        assert rt_attn.select_backend("flash_attn").name == "sdpa"
     # A kernel is only used where it applies (CUDA fp16/bf16); elsewhere SDPA answers.
     calls = []
-    fake = attn_mod.AttentionBackend("fake", lambda q, k, v: calls.append(1) or q)
+    fake = rt_attn.AttentionBackend("fake", lambda q, k, v: calls.append(1) or q)
     q = torch.randn(1, 5, 2, 8)
-    out = attn_mod.attention(q, q, q, fake)
+    out = rt_attn.attention(q, q, q, fake)
     ref = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), q.transpose(1, 2), q.transpose(1, 2)).transpose(1, 2)
     assert not calls and torch.allclose(out, ref)
-    sage = attn_mod.AttentionBackend("sageattention", lambda q, k, v: q)
+    sage = rt_attn.AttentionBackend("sageattention", lambda q, k, v: q)
     assert not sage.applies(torch.zeros(1, 2, 2, 128))  # CPU tensor
-    assert not attn_mod.AttentionBackend("sdpa").applies(q)
+    assert not rt_attn.AttentionBackend("sdpa").applies(q)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and flash-attn/sageattention")
 def test_fast_backends_match_sdpa_on_gpu():
     q, k, v = (torch.randn(1, 1024, 4, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    ref = attn_mod.attention(q, k, v, attn_mod.AttentionBackend())
-    for name in attn_mod.available_backends()[1:]:
-        got = attn_mod.attention(q, k, v, attn_mod.select_backend(name))
+    ref = rt_attn.attention(q, k, v, rt_attn.AttentionBackend())
+    for name in rt_attn.available_backends()[1:]:
+        got = rt_attn.attention(q, k, v, rt_attn.select_backend(name))
         tol = 0.05 if name == "sageattention" else 0.02
         assert (got.float() - ref.float()).abs().max() < tol, name
 
@@ -284,7 +291,7 @@ def test_block_swap_without_prefetch_loads_on_demand():
 
 
 def test_block_swap_streams_fp8_layers_with_their_scales():
-    from poseanimate.models.wan.fp8 import convert_to_fp8
+    from poseanimate.models.runtime.fp8 import convert_to_fp8
 
     model = tiny_transformer().to(torch.bfloat16)
     convert_to_fp8(model)
@@ -305,13 +312,13 @@ def test_prepare_and_release_transformer():
     x, t, ctx = tiny_inputs()
     with torch.no_grad():
         ref = model(x, t, ctx, return_dict=False)[0]
-        offload.prepare_transformer(model, "cpu", "auto", blocks_to_swap=2)
+        wan_model.prepare_transformer(model, "cpu", "auto", blocks_to_swap=2)
         assert model.poseanimate_attention.name == "sdpa" and model.poseanimate_block_swap.num_swapped == 2
         assert torch.allclose(model(x, t, ctx, return_dict=False)[0], ref, atol=1e-5)
-    offload.release_transformer(model)
+    wan_model.release_transformer(model)
     assert not model.poseanimate_block_swap._loaded
     assert model.blocks[0].attn1.processor.rope_cache._freqs is None
-    offload.prepare_transformer(model, "cpu", "sdpa", blocks_to_swap=0)  # swap removed again
+    wan_model.prepare_transformer(model, "cpu", "sdpa", blocks_to_swap=0)  # swap removed again
     assert model.poseanimate_block_swap is None and not model.blocks[3]._forward_pre_hooks
 
 
@@ -450,7 +457,7 @@ def test_wan_vae_encode_decode_with_and_without_tiles():
     assert torch.equal(big, out)
     tiled_out = runner.decode(lat, tiles=vae_tiling.TileConfig(32, 32, 16, 16))
     assert tiled_out.shape == out.shape and torch.isfinite(tiled_out).all()
-    assert vae_tiling.UNIANIMATE_TILES == vae_tiling.TileConfig(240, 416, 120, 208)
+    assert UNIANIMATE_TILES == vae_tiling.TileConfig(240, 416, 120, 208)
     with pytest.raises(ValueError, match="multiple of 8"):
         runner.encode(torch.zeros(1, 3, 1, 20, 64))
 
@@ -552,7 +559,7 @@ def test_tiny_sampling_loop_is_bit_identical_per_seed():
     model = tiny_transformer()
     attn_mod.install_attention(model, "auto")
     _, _, ctx = tiny_inputs()
-    sch = scheduler.FlowMatchEuler.one_to_all(3)
+    sch = one_to_all_scheduler(3)
 
     def run(seed):
         x = scheduler.seeded_noise((1, 16, 2, 8, 8), seed)

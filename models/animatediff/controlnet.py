@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .sd15_checkpoint import controlnet_key_to_diffusers, layers_per_block_from_ldm, unet_config_from_diffusers_keys
+from ..runtime.build import empty_parameters
 from .weights_io import AnimateDiffWeightsError, load_into, read_state_dict
 
 _WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors")
@@ -62,7 +63,7 @@ def controlnet_from_state_dict(sd: dict[str, torch.Tensor], dtype=torch.float32,
         cfg = config or controlnet_config_from_diffusers_keys(sd)
     except (KeyError, StopIteration, ValueError) as exc:
         raise AnimateDiffWeightsError(f"{name}: cannot infer the ControlNet config from its keys ({exc})") from exc
-    with torch.device("meta"):
+    with empty_parameters():
         model = ControlNetModel(**cfg) if config is None else ControlNetModel.from_config(cfg)
     for k in list(sd):
         sd[k] = sd[k].to(device=device, dtype=dtype)

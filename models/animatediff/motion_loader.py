@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .motion_module import MotionBlock, TemporalModule, sinusoid_pe
+from ..runtime.build import empty_parameters
 from .weights_io import AnimateDiffWeightsError, load_into, read_state_dict
 
 ANIMATELCM_PE_LEN = 64
@@ -148,7 +149,7 @@ def motion_module_from_state_dict(sd: dict[str, torch.Tensor], dtype=torch.float
     """
     info = detect_motion_format(sd, name)
     sd = _temporal_only(sd)
-    with torch.device("meta"):
+    with empty_parameters():
         mm = MotionModuleSet(info["down_channels"], info["down_counts"], info["up_channels"],
                              info["up_counts"], info["mid_channels"], info["pe_len"],
                              info["version"], info["format"])

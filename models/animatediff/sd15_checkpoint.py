@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..runtime.build import empty_parameters
 from .weights_io import AnimateDiffWeightsError, load_into, materialize_meta_buffers, read_state_dict
 
 UNET_PREFIX = "model.diffusion_model."
@@ -328,7 +329,7 @@ def load_clip_tokenizer():
 
 # ---------------------------------------------------------------- building the models
 def _build(cls_factory, sd, dtype, device, what):
-    with torch.device("meta"):
+    with empty_parameters():
         model = cls_factory()
     for k in list(sd):  # in place, so a converted fp16 tensor is freed as soon as it is cast
         v = sd[k]
@@ -349,7 +350,7 @@ def build_sd15_components(unet_sd, vae_sd, clip_sd, dtype=torch.float32, device=
     clip_cfg = CLIPTextConfig(**clip_config_from_keys(clip_sd))
     unet = _build(lambda: UNet2DConditionModel(**unet_cfg), unet_sd, dtype, device, "SD1.5 UNet")
     vae = _build(lambda: AutoencoderKL(**vae_cfg), vae_sd, dtype, device, "SD1.5 VAE")
-    with torch.device("meta"):
+    with empty_parameters():
         nested = any(k.startswith("text_model.") for k in CLIPTextModel(clip_cfg).state_dict())
     if nested:  # transformers 4 keeps the ``text_model`` level in memory
         clip_sd = {"text_model." + k: v for k, v in clip_sd.items()}

@@ -13,39 +13,27 @@ class AnimateDiffWeightsError(ValueError):
 def read_state_dict(path, device: str = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of a ``.safetensors`` / ``.ckpt`` / ``.pt`` / ``.pth`` / ``.bin`` file.
 
-    One safe reader serves every family (models/wan/state_dict.py: safetensors, or
+    One safe reader serves every family (models/runtime/weights.py: safetensors, or
     ``torch.load(weights_only=True)``, wrappers such as LDM's ``state_dict`` unwrapped, pickles
     that need code refused); here its errors become AnimateDiff's error type.
     """
-    from ..wan.state_dict import WanWeightsError
-    from ..wan.state_dict import read_state_dict as read_weights
+    from ..runtime.weights import WeightsError
+    from ..runtime.weights import read_state_dict as read_weights
 
     path = Path(path)
     if not path.is_file():
         raise AnimateDiffWeightsError(f"weight file not found: {path}")
     try:
         return read_weights(path, device=device)
-    except WanWeightsError as exc:
+    except WeightsError as exc:
         raise AnimateDiffWeightsError(f"cannot read weights from {path}: {exc}") from exc
 
 
 def load_into(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
-    """``load_state_dict(strict, assign)`` with missing/unexpected keys and shapes named in the error."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:5]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:5]})")
-        if wrong:
-            parts.append(f"{len(wrong)} with wrong shapes (e.g. {wrong[:3]})")
-        raise AnimateDiffWeightsError(f"{what}: keys do not match the expected layout: " + "; ".join(parts))
-    module.load_state_dict(sd, strict=True, assign=True)
+    """The runtime's check-then-load (models/runtime/build.py), every key required."""
+    from ..runtime.build import load_checked
+
+    load_checked(module, sd, f"{what}: keys", error=AnimateDiffWeightsError)
 
 
 def materialize_meta_buffers(module: torch.nn.Module, device="cpu") -> None:

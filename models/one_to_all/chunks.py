@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..runtime.images import round_up_frames
+
 MAIN_CHUNK = 81
 OVERLAP_FRAMES = 5
 FINAL_CHUNK_CANDIDATES = (65, 69, 73, 77, 81)
@@ -52,10 +54,7 @@ def official_split_plan(total_frames: int, main_chunk: int = MAIN_CHUNK, overlap
 
 def valid_length(frames: int, compression: int = TEMPORAL_COMPRESSION) -> int:
     """Smallest frame count >= ``frames`` the Wan VAE encodes without dropping frames (``4k + 1``)."""
-    frames = int(frames)
-    if frames < 1:
-        raise ValueError(f"frame count must be positive, got {frames}.")
-    return (frames - 1 + compression - 1) // compression * compression + 1
+    return round_up_frames(frames, compression)
 
 
 @dataclass(frozen=True)

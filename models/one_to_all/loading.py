@@ -19,8 +19,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..runtime.fp8 import convert_to_fp8
+from ..runtime.lora import merge_before_fp8
 from ..wan.loading import convert_transformer_state_dict, transformer_from_state_dict
-from ..wan.state_dict import WanWeightsError, read_state_dict
+from ..wan.lora_keys import apply_wan_loras
+from ..runtime.weights import WanWeightsError, read_state_dict
 from .transformer import OneToAllTransformer
 
 __all__ = ["load_one_to_all", "one_to_all_from_state_dict", "one_to_all_extra_config", "read_one_to_all_weights",
@@ -122,8 +125,14 @@ def one_to_all_fp8_filter(name: str, module: nn.Module) -> bool:
 
 def one_to_all_from_state_dict(sd: dict, dtype=torch.bfloat16, device="cpu", weight_dtype=None,
                                num_attention_heads: int | None = None, source: str = "",
-                               consume: bool = False) -> OneToAllTransformer:
-    """``OneToAllTransformer`` from a state dict (real or meta tensors), config read from shapes."""
+                               consume: bool = False, loras=(), merge: bool = True) -> OneToAllTransformer:
+    """``OneToAllTransformer`` from a state dict (real or meta tensors), config read from shapes.
+
+    ``loras``: paths, ``LoRAWeights`` or (either, strength), any spelling models/runtime/lora.py
+    reads; a Wan2.1-T2V LoRA lands on the main blocks (mapping: models/wan/lora_keys.py).
+    ``merge``: added into the weights (an fp8 choice then quantises after merging a full-precision
+    file), else kept as side branches over the (fp8) weights."""
+    quantize_after = merge_before_fp8(sd, weight_dtype, merge, has_loras=bool(loras))
     converted, layout = convert_transformer_state_dict(sd)
     if not layout.startswith("diffusers"):
         raise WanWeightsError(f"{source or 'checkpoint'}: keys are in the original Wan layout ({layout}); One-to-All "
@@ -135,9 +144,15 @@ def one_to_all_from_state_dict(sd: dict, dtype=torch.bfloat16, device="cpu", wei
     def factory(config: dict) -> OneToAllTransformer:
         return OneToAllTransformer(**config, **extra)
 
-    return transformer_from_state_dict(converted, dtype=dtype, device=device, weight_dtype=weight_dtype,
-                                       num_attention_heads=num_attention_heads, source=source,
-                                       fp8_filter=one_to_all_fp8_filter, consume=True, model_factory=factory)
+    model = transformer_from_state_dict(converted, dtype=dtype, device=device,
+                                        weight_dtype=None if quantize_after else weight_dtype,
+                                        num_attention_heads=num_attention_heads, source=source,
+                                        fp8_filter=one_to_all_fp8_filter, consume=True, model_factory=factory)
+    if loras:
+        apply_wan_loras(model, loras, merge=merge)
+    if quantize_after:
+        convert_to_fp8(model, weight_dtype, one_to_all_fp8_filter)
+    return model
 
 
 def _folder_heads(path: Path) -> int | None:
@@ -154,22 +169,16 @@ def _folder_heads(path: Path) -> int | None:
     return None
 
 
-def load_one_to_all(path, dtype=torch.bfloat16, device="cpu", weight_dtype=None, block_swap: int = 0,
-                    num_attention_heads: int | None = None) -> OneToAllTransformer:
+def load_one_to_all(path, dtype=torch.bfloat16, device="cpu", weight_dtype=None,
+                    num_attention_heads: int | None = None, loras=(), merge: bool = True) -> OneToAllTransformer:
     """The One-to-All transformer in ``path`` (folder of shards, index JSON or single file).
 
     ``dtype``: compute / storage dtype (bf16 default); ``weight_dtype=torch.float8_e4m3fn`` stores
-    the blocks' Linear weights in fp8. ``block_swap`` > 0 loads on the CPU and streams that many
-    main blocks to ``device`` during the forward (``models.wan.offload.apply_block_swap``);
-    otherwise the model is placed on ``device``."""
+    the blocks' Linear weights in fp8; ``loras`` / ``merge`` as in :func:`one_to_all_from_state_dict`. Placement (block swap included) is the runtime's prepare
+    step (``OneToAllModel.prepare``), as for every family."""
     path = Path(path)
     heads = num_attention_heads or _folder_heads(path)
-    load_device = "cpu" if block_swap and block_swap > 0 else device
-    sd = read_one_to_all_weights(path, device=load_device)
-    model = one_to_all_from_state_dict(sd, dtype=dtype, device=load_device, weight_dtype=weight_dtype,
-                                       num_attention_heads=heads, source=path.name, consume=True)
-    if block_swap and block_swap > 0:
-        from ..wan.offload import apply_block_swap
-
-        apply_block_swap(model, int(block_swap), device)
-    return model
+    sd = read_one_to_all_weights(path, device=device)
+    return one_to_all_from_state_dict(sd, dtype=dtype, device=device, weight_dtype=weight_dtype,
+                                      num_attention_heads=heads, source=path.name, consume=True,
+                                      loras=loras, merge=merge)

@@ -33,8 +33,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ...pose.frames import RESOLUTIONS, size_for_resolution, to_uint8_rgb
-from ..wan.scheduler import FlowMatchEuler, seeded_noise
+from ..runtime.images import RESOLUTIONS, size_for_resolution, to_uint8_rgb
+from ..runtime.lifecycle import RuntimeOptions, SampleResult
+from ..wan.model import WanModel
+from ..wan.scheduler import FlowMatchDistilled, check_preset, seeded_noise
+from .schedule import one_to_all_scheduler
 from .chunks import OVERLAP_FRAMES, ChunkPlan, pad_frames, plan_chunks
 from .guidance import Conditions, empty_reference_latents, guidance_plan, guided_velocity
 
@@ -52,19 +55,34 @@ class OneToAllInputError(ValueError):
 
 
 @dataclass
-class OneToAllModel:
-    """What the loader node hands to the sampler: the transformer, its compute dtype and device."""
+class OneToAllModel(WanModel):
+    """What the loader node hands to the sampler: the transformer, its compute dtype, device and
+    runtime options (attention, block swap, ...; life cycle in models/runtime/lifecycle.py)."""
 
     transformer: torch.nn.Module
     dtype: torch.dtype = torch.float32
     device: torch.device | str = "cpu"
     name: str = ""
+    offload_device: torch.device | str = "cpu"
+    options: RuntimeOptions = field(default_factory=lambda: RuntimeOptions(offload_after_run=False))
+    info: dict = field(default_factory=dict)
 
-    def release(self) -> None:
-        """After a run or an interrupt: drop swap prefetches / attention caches, free cached memory."""
-        from ..wan.offload import release_transformer
+    def progress_total(self, num_frames: int, steps: int) -> int:
+        return total_steps(num_frames, steps)
 
-        release_transformer(self.transformer)
+    def transformer_calls(self, num_frames: int, steps: int, image_guidance_scale: float = 2.0,
+                          pose_guidance_scale: float = 1.5, preset: str = "official") -> int:
+        """Transformer forwards of a run: chunks x steps x calls per step of the guidance plan
+        (1 with the distilled preset)."""
+        calls = 1 if preset == "distilled" else len(guidance_plan(image_guidance_scale, pose_guidance_scale).calls)
+        return total_steps(num_frames, steps) * calls
+
+    def sample(self, vae, embeds, reference_image, pose_frames, reference_pose, mask=None, **kwargs) -> SampleResult:
+        """:func:`sample_one_to_all` between ``prepare`` and ``release``, as the runtime's one result type."""
+        with self.running():
+            result = sample_one_to_all(self, vae, embeds, reference_image, pose_frames, reference_pose, mask,
+                                       **kwargs)
+        return SampleResult(result.frames_float(), result.latent(), kwargs.get("seed"), info=dict(result.info))
 
 
 @dataclass
@@ -191,6 +209,7 @@ def sample_one_to_all(
     case1: bool = False,
     device=None,
     validate_ranges: bool = True,
+    preset: str = "official",
 ) -> OneToAllResult:
     """Animate ``reference_image`` with ``pose_frames`` (rendered in the ``one_to_all`` style).
 
@@ -200,10 +219,15 @@ def sample_one_to_all(
     reference's own pose drawn without face, warped in 'pose' mode), ``mask`` (H, W) 1 = outpaint.
     ``callback(1)`` runs after every denoising step (chunks x steps in all); an exception it
     raises (ComfyUI's interrupt) stops sampling, and the run's tensors are dropped before it
-    propagates.
+    propagates. ``preset="distilled"`` (a step-distillation LoRA loaded): 4..8 steps on the
+    distilled grid and sampler (models/wan/scheduler.py), guidance off: one call per step.
     """
     if validate_ranges:
         _check_scales(steps, image_guidance_scale, pose_guidance_scale)
+    try:
+        check_preset(preset, steps)
+    except ValueError as exc:
+        raise OneToAllInputError(str(exc)) from exc
     transformer = model.transformer if isinstance(model, OneToAllModel) else model
     dtype = _model_dtype(model)
     device = torch.device(device if device is not None else (model.device if isinstance(model, OneToAllModel) else "cpu"))
@@ -213,8 +237,12 @@ def sample_one_to_all(
     ref_pose = to_uint8_rgb(reference_pose, "reference_pose")[0]
     width, height = output_size(ref.shape[1], ref.shape[0], resolution)
     plan = plan_chunks(len(poses))
-    guidance = guidance_plan(image_guidance_scale, pose_guidance_scale, case1=case1)
-    scheduler = FlowMatchEuler.one_to_all(int(steps))
+    if preset == "distilled":
+        guidance = guidance_plan(1.0, 1.0)
+        scheduler = FlowMatchDistilled.distilled(int(steps), seed)
+    else:
+        guidance = guidance_plan(image_guidance_scale, pose_guidance_scale, case1=case1)
+        scheduler = one_to_all_scheduler(int(steps))
     work: dict = {}
     try:
         return _run(transformer, vae, embeds, ref, poses, ref_pose, mask, width, height, plan, guidance,
@@ -265,6 +293,7 @@ def _run(transformer, vae, embeds, ref, poses, ref_pose, mask, width, height, pl
                 generated.add(g)
     return OneToAllResult(out, chunk_latents, plan, width, height,
                           {"guidance": guidance.mode, "calls_per_step": len(guidance.calls),
+                           "transformer_calls": len(plan.ranges) * scheduler.num_steps * len(guidance.calls),
                            "chunks": plan.ranges, "padded_frames": plan.padded_frames})
 
 

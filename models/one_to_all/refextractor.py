@@ -30,7 +30,8 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import WanAttention, WanRotaryPosEmbed
 
-from ..wan.attention import apply_rope, attention
+from ..runtime.attention import attention
+from ..wan.attention import apply_rope
 
 # Channels per head left un-rotated on the reference path (official constant; = Wan's temporal
 # RoPE part for head size 128, the size of every released model).

@@ -9,15 +9,21 @@ running outside the graph.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 
 import torch
 from torch import nn
 
+from .lifecycle import COMPILE, prepare_step
+
+_log = logging.getLogger("PoseAnimate")
+
 # Block lists compiled when a model has them (main blocks; One-to-All's ControlNet and reference
 # extractor blocks are separate classes, so each list is its own graph).
 BLOCK_LISTS = ("blocks", "controlnet.blocks", "refextractor.ref_blocks")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_CHOICES = ("off", "default", "max-autotune-no-cudagraphs")  # what the loader nodes offer
 
 
 def inductor_available(device: str | torch.device = "cpu") -> tuple[bool, str]:
@@ -74,3 +80,24 @@ def uncompile_blocks(model: nn.Module) -> None:
         for block in blocks:
             block.__dict__.pop("forward", None)
     model.poseanimate_compiled = False
+    model.poseanimate_compile_mode = None
+
+
+@prepare_step("compile", COMPILE)
+def _compile_step(model, device: torch.device) -> None:
+    """Runtime step: ``options.compile`` names the mode ("off" = eager). Where inductor cannot build
+    kernels (no C++ compiler / no triton) the model stays eager and the log says why."""
+    mode = getattr(model.options, "compile", "off") or "off"
+    transformer = model.transformer
+    if mode == "off":
+        if getattr(transformer, "poseanimate_compiled", False):
+            uncompile_blocks(transformer)
+        return
+    ok, why = inductor_available(device)
+    if not ok:
+        _log.warning("PoseAnimate: compile=%s ignored: %s; running eager.", mode, why)
+        return
+    if getattr(transformer, "poseanimate_compile_mode", None) != mode:
+        uncompile_blocks(transformer)
+        compile_blocks(transformer, mode)
+        transformer.poseanimate_compile_mode = mode

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .weights import WeightsError
+
 QK_K = 256  # super-block size of the k-quants
 GGUF_SUFFIXES = (".gguf",)
 GGUF_MARKER = "gguf_quantized"  # root key the reader adds so layout detection can name the format
@@ -36,7 +38,7 @@ BLOCKS = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24)
 SUPPORTED = ("F32", "F16", "BF16", *BLOCKS)
 
 
-class GGUFError(ValueError):
+class GGUFError(WeightsError):
     """A GGUF file this pack cannot use (names the tensor / type and what to pick instead)."""
 
 

@@ -23,12 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from .lifecycle import CACHE, prepare_step
+
+_log = logging.getLogger("PoseAnimate")
+CACHE_METHODS = ("off", "first_block")
 DEFAULT_THRESHOLD = 0.1   # FBCache's usual range for video DiTs is 0.05-0.15
 DEFAULT_MAX_SKIPS = 3     # at most this many skipped calls in a row per kind of call
 MAX_ENTRIES = 16          # kinds of calls remembered (oldest dropped)
@@ -206,3 +211,31 @@ def remove_step_cache(model: nn.Module) -> None:
         blocks.__dict__.pop("_poseanimate_pending", None)
         blocks.__class__ = nn.ModuleList
     model.poseanimate_step_cache = None
+
+
+# ------------------------------------------------------------------------- runtime step
+def _release_cache(model) -> None:
+    cache = get_step_cache(model.transformer)
+    if cache is not None and cache.stats["calls"]:
+        calls, skipped = cache.stats["calls"], cache.stats["skipped"]
+        _log.info("PoseAnimate step cache: %d of %d transformer calls skipped", skipped, calls)
+        print(f"[PoseAnimate] step cache: {skipped} of {calls} transformer calls skipped")
+    if cache is not None:
+        cache.reset()  # frees the cached residuals
+
+
+@prepare_step("cache", CACHE, release=_release_cache)
+def _cache_step(model, device: torch.device) -> None:
+    """Runtime step: ``options.cache`` ("first_block") with ``options.cache_threshold`` > 0 turns
+    the cache on; anything else leaves every call computed."""
+    options = model.options
+    method = getattr(options, "cache", "off") or "off"
+    if method not in CACHE_METHODS:
+        raise ValueError(f"step cache method must be one of {CACHE_METHODS}, got {method!r}")
+    threshold = float(getattr(options, "cache_threshold", 0.0) or 0.0) if method != "off" else 0.0
+    current = get_step_cache(model.transformer)
+    if threshold <= 0:
+        if current is not None:
+            remove_step_cache(model.transformer)
+    elif current is None or current.threshold != threshold:
+        install_step_cache(model.transformer, threshold)

@@ -36,13 +36,20 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..runtime.step_cache import call_key
-from ..wan.scheduler import FlowMatchEuler, make_generator
+from ..runtime.images import FrameError, to_uint8_rgb
+from ..runtime.lifecycle import RuntimeOptions, SampleResult
+from ..wan.model import WanModel
+from ..wan.scheduler import FlowMatchDistilled, FlowMatchEuler, check_preset, make_generator
 from ..wan.text import WanPromptEmbeds
+from ..wan.vae_tiling import TileConfig
 from . import windows as win
+from .schedule import unianimate_scheduler
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_SIZE = 224
+# The official pipeline decodes with DiffSynth tiles of 30x52 latents, stride 15x26.
+UNIANIMATE_TILES = TileConfig.from_latent((30, 52), (15, 26))
 # (W, H) of the official portrait runs; the model was trained at 480p.
 OFFICIAL_SIZES = {"480p": (480, 832), "720p": (720, 1280)}
 RESOLUTIONS = ("480p", "720p", "reference")  # "reference": the reference's own size, rounded up to 16
@@ -67,12 +74,13 @@ class UniAnimateInputError(ValueError):
 
 # ----------------------------------------------------------------------------- the model
 @dataclass
-class UniAnimateModel:
-    """What the loader node hands to the sampler.
+class UniAnimateModel(WanModel):
+    """What the loader node hands to the sampler (the runtime life cycle: models/runtime/lifecycle.py).
 
     ``transformer``: the Wan I2V DiT with the UniAnimate LoRA (merged or not); called as
     ``transformer(cat([x, y], 1), t, context, clip_feature, pose_tokens=..., return_dict=False)[0]``.
-    ``pose_encoders``: the two pose modules (``dwpose_embedding``, ``randomref_embedding_pose``).
+    ``pose_encoders``: the two pose modules (``dwpose_embedding``, ``randomref_embedding_pose``),
+    placed with the transformer. ``options``: attention, block swap, offload after run, ...
     """
 
     transformer: torch.nn.Module
@@ -80,37 +88,28 @@ class UniAnimateModel:
     dtype: torch.dtype = torch.bfloat16
     device: torch.device | str = "cpu"
     offload_device: torch.device | str = "cpu"
-    blocks_to_swap: int = 0
-    attention: str = "auto"
+    options: RuntimeOptions = field(default_factory=RuntimeOptions)
     info: dict = field(default_factory=dict)
-    offload_after_run: bool = True  # give the VRAM back after each run (the model is not ComfyUI-managed)
 
-    def prepare(self) -> None:
-        """Attention backend + placement (all blocks on the device, or N swapped from CPU)."""
-        from ..wan.offload import prepare_transformer
+    def companions(self) -> list[torch.nn.Module]:
+        return [self.pose_encoders] if isinstance(self.pose_encoders, torch.nn.Module) else []
 
-        prepare_transformer(self.transformer, self.device, self.attention, self.blocks_to_swap)
-        _module_to(self.pose_encoders, self.device)
+    def progress_total(self, num_pose_frames: int, steps: int, context_size: int = win.CONTEXT_SIZE,
+                       context_overlap: int = win.CONTEXT_OVERLAP) -> int:
+        return progress_total(num_pose_frames, steps, context_size, context_overlap)
 
-    def release(self) -> None:
-        """After a run or an interrupt: drop swap prefetches and caches; with ``offload_after_run``
-        move the model to the offload device (the next ``prepare`` brings it back); free cached memory."""
-        from ..wan.offload import empty_cache, release_transformer
+    def transformer_calls(self, num_pose_frames: int, steps: int, cfg: float = DEFAULT_CFG,
+                          context_size: int = win.CONTEXT_SIZE, context_overlap: int = win.CONTEXT_OVERLAP,
+                          preset: str = "official") -> int:
+        """Transformer forwards of a run: window steps x (2 with CFG, 1 at cfg 1 or distilled)."""
+        single = cfg == 1.0 or preset == "distilled"
+        return progress_total(num_pose_frames, steps, context_size, context_overlap) * (1 if single else 2)
 
-        release_transformer(self.transformer)
-        if self.offload_after_run and torch.device(self.device) != torch.device(self.offload_device):
-            swap = getattr(self.transformer, "poseanimate_block_swap", None)
-            if swap is not None:
-                swap.detach()
-                self.transformer.poseanimate_block_swap = None
-            self.transformer.to(self.offload_device)
-            _module_to(self.pose_encoders, self.offload_device)
-            empty_cache(self.device)
-
-
-def _module_to(obj, device) -> None:
-    if isinstance(obj, torch.nn.Module):
-        obj.to(device)
+    def sample(self, vae, clip_vision, embeds, reference_image, pose_images, reference_pose, **kwargs) -> SampleResult:
+        """:func:`generate` with this model, as the runtime's one result type."""
+        result = generate(self, vae, clip_vision, embeds, reference_image, pose_images, reference_pose, **kwargs)
+        return SampleResult(result.frames, {"samples": result.latents}, kwargs.get("seed"),
+                            info={"width": result.width, "height": result.height})
 
 
 # -------------------------------------------------------------------- sizes and frames
@@ -151,14 +150,11 @@ def check_size(width: int, height: int) -> tuple[int, int]:
 
 
 def _as_uint8_frames(frames, what: str) -> np.ndarray:
-    arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] < 1:
-        raise UniAnimateInputError(f"{what} must be [frames, H, W, 3] (or one [H, W, 3] image), got {arr.shape}.")
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.rint(arr.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
-    return arr
+    """The runtime's one converter (models/runtime/images.py), with this family's error type."""
+    try:
+        return to_uint8_rgb(frames, what)
+    except FrameError as exc:
+        raise UniAnimateInputError(str(exc)) from exc
 
 
 def resize_frames(frames: np.ndarray, width: int, height: int, resample=Image.BILINEAR) -> np.ndarray:
@@ -297,7 +293,7 @@ def denoise(transformer, pose_token_fn: Callable[[win.Window], torch.Tensor], co
     """
     num_latent = noise.shape[2]
     plan = win.plan_windows(num_latent, context_size, context_overlap)
-    sched = scheduler or FlowMatchEuler.unianimate(steps)
+    sched = scheduler or unianimate_scheduler(steps)
     if cfg != 1.0 and cond.context_neg is None:
         raise UniAnimateInputError("cfg != 1 needs the negative prompt embedding.")
     window_len = len(plan[0].frames)
@@ -402,14 +398,23 @@ def generate(model: UniAnimateModel, vae, clip_vision, embeds: WanPromptEmbeds, 
              steps: int = DEFAULT_STEPS, cfg: float = DEFAULT_CFG,
              context_size: int = win.CONTEXT_SIZE, context_overlap: int = win.CONTEXT_OVERLAP,
              callback: Callable[[int], None] | None = None, size: tuple[int, int] | None = None,
-             clip_embeds: ClipEmbeds | None = None) -> UniAnimateResult:
+             clip_embeds: ClipEmbeds | None = None, preset: str = "official") -> UniAnimateResult:
     """Reference image + rendered pose frames (``unianimate`` style) -> video frames and latents.
 
     Images are [T, H, W, 3] (float 0..1 or uint8). ``callback(n)`` is called once per window
     step (``steps * windows`` calls in all, see :func:`progress_total`). ``size`` = (W, H)
     overrides the resolution preset. ``clip_embeds`` (computed at the same size) replaces the
     CLIP pass. Accelerator memory is released after the run, also when it fails or is interrupted.
+    ``preset="distilled"`` (a step-distillation LoRA loaded): 4..8 steps on the distilled grid and
+    sampler (models/wan/scheduler.py; with several windows the Euler form, so averaged windows keep
+    their noise), cfg off: one call per window step.
     """
+    try:
+        check_preset(preset, steps)
+    except ValueError as exc:
+        raise UniAnimateInputError(str(exc)) from exc
+    if preset == "distilled":
+        cfg = 1.0
     if not isinstance(embeds, WanPromptEmbeds):
         raise UniAnimateInputError("text embeds must come from the Wan Text Encode node (POSEANIMATE_WAN_EMBEDS).")
     if cfg < 1.0:
@@ -451,8 +456,12 @@ def generate(model: UniAnimateModel, vae, clip_vision, embeds: WanPromptEmbeds, 
             start, stop = window.pose_pixel_slice
             return pose_tokens(model.pose_encoders, pose_video[start:stop])
 
+        scheduler = None
+        if preset == "distilled":
+            single = len(win.plan_windows(num_latent, context_size, context_overlap)) == 1
+            scheduler = FlowMatchDistilled.distilled(steps, seed, renoise=single)
         latents = denoise(model.transformer, token_fn, cond, noise, steps, cfg, context_size, context_overlap,
-                          generator=generator, dtype=dtype, device=device, callback=callback)
+                          generator=generator, dtype=dtype, device=device, callback=callback, scheduler=scheduler)
     finally:
         model.release()
     video = vae.decode(latents)  # [1, 3, F, H, W] in [-1, 1]

@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+
+from ..runtime.images import to_uint8_rgb
+
 POSE_HIDDEN = 16          # concat_dim * 4 in the official code
 REF_POSE_CHANNELS = 20    # = channels of y (4 mask + 16 VAE latent)
 POSE_FRONT_PAD = 3        # copies of the first pose put in front of the driving video
@@ -102,7 +105,7 @@ def _as_float_pixels(x) -> torch.Tensor:
 def comfy_image_to_pose_pixels(image: torch.Tensor) -> torch.Tensor:
     """ComfyUI IMAGE [T, H, W, 3] float 0..1 -> uint8 [T, H, W, 3] (what the official script reads
     from its pose JPGs)."""
-    return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return torch.from_numpy(to_uint8_rgb(image, "pose images"))
 
 
 def official_pose_video_to_frames(dwpose_data: torch.Tensor) -> torch.Tensor:
@@ -162,8 +165,8 @@ class PoseEncoders(nn.Module):
     def from_state_dict(cls, sd: dict, device=None, dtype=torch.float32, source: str = "") -> "PoseEncoders":
         """Build with widths read from the shapes and load ``sd`` strictly (meta tensors stay
         meta, so full-size manifests check without memory)."""
-        from ..wan.loading import empty_parameters
-        from ..wan.state_dict import WanWeightsError
+        from ..runtime.build import empty_parameters, load_checked
+        from ..runtime.weights import WanWeightsError
 
         where = f"{source}: " if source else ""
         try:
@@ -176,15 +179,8 @@ class PoseEncoders(nn.Module):
                                   f"conversion)") from exc
         with empty_parameters():
             model = cls(dim, ref, hidden)
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(sd))
-        unexpected = sorted(set(sd) - set(expected))
-        wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
-                 for k, v in expected.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-        if missing or unexpected or wrong:
-            raise WanWeightsError(f"{where}UniAnimate pose modules do not match the official structure: "
-                                  f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:3]}")
-        model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
+        load_checked(model, {k: v.to(dtype) for k, v in sd.items()},
+                     f"{where}UniAnimate pose modules (official structure)")
         if device is not None:
             model = model.to(device)
         return model.eval().requires_grad_(False)

@@ -17,10 +17,13 @@ from diffusers import WanTransformer3DModel
 
 from ..runtime.gguf import QuantizedWeight
 from ..wan import loading
-from ..wan.attention import TEXT_CONTEXT_LENGTH, attention
-from ..wan.fp8 import FP8_DTYPES, convert_to_fp8, default_fp8_filter
-from ..wan.state_dict import WanWeightsError, read_state_dict
-from .lora import LoRAWeights, UniAnimateFile, apply_lora, read_lora_file, read_unianimate_file
+from ..runtime.attention import attention
+from ..wan.attention import TEXT_CONTEXT_LENGTH
+from ..runtime.fp8 import convert_to_fp8, default_fp8_filter
+from ..runtime.weights import WanWeightsError, read_state_dict
+from ..runtime.lora import merge_before_fp8
+from ..wan.lora_keys import apply_wan_lora, apply_wan_loras
+from .lora import UniAnimateFile, read_unianimate_file
 from .pose_modules import PoseEncoders
 
 
@@ -101,16 +104,6 @@ def _model_factory(config: dict) -> UniAnimateTransformer:
     return UniAnimateTransformer(**config)
 
 
-def _as_lora(item) -> tuple[LoRAWeights, float]:
-    """An ``extra_loras`` entry: path, ``LoRAWeights``, or (either, strength)."""
-    strength = 1.0
-    if isinstance(item, (tuple, list)):
-        item, strength = item
-    if isinstance(item, LoRAWeights):
-        return item, float(strength)
-    return read_lora_file(item), float(strength)
-
-
 def unianimate_from_state_dicts(base_sd: dict, unianimate: UniAnimateFile, dtype=torch.bfloat16, device="cpu",
                                 weight_dtype=None, lora_scale: float = 1.0, merge: bool = True,
                                 extra_loras: Iterable = (), num_attention_heads: int | None = None,
@@ -119,8 +112,7 @@ def unianimate_from_state_dicts(base_sd: dict, unianimate: UniAnimateFile, dtype
     meta tensors allowed) and a parsed UniAnimate file. ``base_sd`` is consumed."""
     # GGUF blocks cannot absorb a merge: their LoRAs run as unmerged branches.
     merge = merge and not any(isinstance(v, QuantizedWeight) for v in base_sd.values())
-    # Merging into fp8 weights rounds twice; a full-precision file is merged first, quantised after.
-    quantize_after = weight_dtype is not None and merge and not any(v.dtype in FP8_DTYPES for v in base_sd.values())
+    quantize_after = merge_before_fp8(base_sd, weight_dtype, merge, has_loras=True)  # the UniAnimate LoRA
     model = loading.transformer_from_state_dict(
         base_sd, dtype, device, None if quantize_after else weight_dtype, num_attention_heads=num_attention_heads,
         source=source, consume=True, model_factory=_model_factory)
@@ -135,10 +127,8 @@ def unianimate_from_state_dicts(base_sd: dict, unianimate: UniAnimateFile, dtype
     if pose.dim != width:
         raise WanWeightsError(f"{unianimate.source}: the pose module outputs {pose.dim} channels but the DiT is "
                               f"{width} wide; the released UniAnimate file is for Wan2.1-I2V-14B (5120)")
-    apply_lora(model, unianimate.lora, lora_scale, merge=merge, use_alpha=False)
-    for item in extra_loras:
-        lora, strength = _as_lora(item)
-        apply_lora(model, lora, strength, merge=merge, use_alpha=True)
+    apply_wan_lora(model, unianimate.lora, lora_scale, merge=merge, use_alpha=False)
+    apply_wan_loras(model, extra_loras, merge=merge)
     if quantize_after:
         convert_to_fp8(model, weight_dtype, default_fp8_filter)
     return model.eval().requires_grad_(False), pose

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..runtime.images import round_up_frames as _round_up
+
 CONTEXT_SIZE = 21
 CONTEXT_OVERLAP = 4
 PRIVATE_FRAMES = 2
@@ -40,9 +42,7 @@ def latent_frames(num_frames: int) -> int:
 
 def round_up_frames(num_frames: int) -> int:
     """The smallest ``4k+1`` frame count that holds ``num_frames`` frames."""
-    if num_frames < 1:
-        raise ValueError(f"need at least one frame, got {num_frames}.")
-    return (num_frames - 1 + TEMPORAL_STRIDE - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE + 1
+    return _round_up(num_frames, TEMPORAL_STRIDE)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable
 
 from ..runtime.gguf import GGUF_MARKER
-from .state_dict import WanWeightsError
+from ..runtime.weights import WanWeightsError
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "clip_vision")
 

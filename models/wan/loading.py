@@ -9,7 +9,6 @@ the full-size manifests are checked without allocating anything).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -21,9 +20,10 @@ from torch import nn
 
 from ..runtime.gguf import install_gguf_layers, take_quantized
 from . import layouts
-from .fp8 import FP8_DTYPES, convert_to_fp8, default_fp8_filter, dequantize_weight, quantize_weight
+from ..runtime.fp8 import FP8_DTYPES, convert_to_fp8, default_fp8_filter, dequantize_weight, quantize_weight
 from .layouts import PICK_HINT, detect_layout
-from .state_dict import WanWeightsError, read_state_dict
+from ..runtime.build import empty_parameters, load_checked
+from ..runtime.weights import WanWeightsError, read_state_dict
 from .umt5_tokenizer import has_tokenizer_files, load_tokenizer
 
 __all__ = [
@@ -41,24 +41,6 @@ CLIP_HEADS = {1280: 16, 1024: 16, 768: 12}  # ViT-H/14, ViT-L/14, ViT-B
 
 
 # ------------------------------------------------------------------------------- utilities
-@contextlib.contextmanager
-def empty_parameters():
-    """Build modules with parameters on the meta device (no memory, no init cost) while buffers
-    computed in ``__init__`` (RoPE tables, position ids) stay real."""
-    original = nn.Module.register_parameter
-
-    def register(module, name, param):
-        original(module, name, param)
-        if param is not None and not param.is_meta:
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original
-
-
 def _component_path(path: Path, component: str) -> Path:
     """A pipeline root folder (diffusers) -> its component subfolder; anything else unchanged."""
     path = Path(path)
@@ -90,35 +72,15 @@ def _split(key: str) -> tuple[str, str]:
 
 def _load_checked(model: nn.Module, sd: dict, component: str, layout: str, source: str,
                   optional: Iterable[str] = ()) -> None:
-    """Load ``sd`` into ``model`` with ``assign=True`` after checking names and shapes; a
-    mismatch raises ``WanWeightsError`` naming the layout and the first offending keys."""
-    optional = set(optional)
-    params = dict(model.named_parameters())
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    buffers = {k for k, _ in model.named_buffers()}
-    missing = [k for k in params if k not in sd and k not in optional]
-    missing += [k for k in expected if k in buffers and k not in sd and k.endswith(".scale_weight")]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(expected[k])}"
-             for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k])]
-    if missing or unexpected or wrong:
-        what = f"{source}: " if source else ""
-        parts = [f"{what}{component} weights in layout '{layout}' do not match the model"]
-        if missing:
-            parts.append(f"{len(missing)} missing keys, first: {missing[:5]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys, first: {unexpected[:5]}")
-        if wrong:
-            parts.append(f"{len(wrong)} wrong shapes, first: {wrong[:3]}")
+    """The runtime's check-then-load, with Wan's advice: which file this looks like, what to pick.
+    Buffers are optional except fp8 ``scale_weight`` (RoPE tables are computed, not stored)."""
+    def hint() -> str:
         other = layouts.guess_component(sd)
-        if other and other != component:
-            parts.append(f"this looks like a {other} file")
-        parts.append(f"pick {PICK_HINT[component]}")
-        raise WanWeightsError("; ".join(parts))
-    result = model.load_state_dict(sd, strict=False, assign=True)
-    leftover = [k for k in result.missing_keys if k not in buffers and k not in optional]
-    if leftover or result.unexpected_keys:  # pragma: no cover - guarded by the checks above
-        raise WanWeightsError(f"{component}: load left {leftover[:5]} / {result.unexpected_keys[:5]}")
+        looks = f"this looks like a {other} file; " if other and other != component else ""
+        return f"{looks}pick {PICK_HINT[component]}"
+
+    what = f"{source + ': ' if source else ''}{component} weights in layout '{layout}'"
+    load_checked(model, sd, what, hint, optional, buffer_required=lambda k: k.endswith(".scale_weight"))
 
 
 def _keep_fp32(name: str, patterns: Iterable[str] | None) -> bool:

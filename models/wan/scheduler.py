@@ -1,16 +1,13 @@
-"""Flow-matching Euler sampling with shift, as both Wan2.1 families use it.
+"""Flow-matching Euler sampling with shift, as every Wan2.1 family uses it.
 
 The model predicts a flow ``v`` (noise - x0); one Euler step moves the latents
-from ``sigma_k`` to ``sigma_{k+1}``: ``x + (sigma_{k+1} - sigma_k) * v``. The two
-families differ only in how the sigma grid is laid out:
+from ``sigma_k`` to ``sigma_{k+1}``: ``x + (sigma_{k+1} - sigma_k) * v``. The
+families differ only in how the sigma grid is laid out, and each keeps its grid
+and shift itself (models/one_to_all/schedule.py, models/unianimate/schedule.py);
+the step-distilled grid and sampler of lightx2v-style LoRAs live here, since they
+serve every Wan family.
 
-* One-to-All (diffusers ``FlowMatchEulerDiscreteScheduler(shift=7)``): the grid
-  runs from the largest to the smallest *shifted* training sigma, and is shifted
-  a second time (``one_to_all_sigmas``).
-* UniAnimate-DiT (DiffSynth ``FlowMatchScheduler(shift=5, extra_one_step=True)``):
-  ``linspace(1, 0, N+1)[:-1]`` shifted once (``unianimate_sigmas``).
-
-Both end with sigma 0. Per-token timesteps (One-to-All's token replace gives the
+Grids end with sigma 0. Per-token timesteps (One-to-All's token replace gives the
 re-encoded overlap frames timestep 0 and never steps them) are expressed as a
 ``[B, tokens]`` tensor, the form diffusers' ``WanTransformer3DModel`` accepts.
 Mind its cost at full size: that path embeds every token's timestep and builds a
@@ -26,49 +23,47 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 
 NUM_TRAIN_TIMESTEPS = 1000
-ONE_TO_ALL_SHIFT = 7.0
-UNIANIMATE_SHIFT = 5.0
 
 
-def _shift(sigmas, shift: float):
+def shift_sigmas(sigmas, shift: float):
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
-def one_to_all_sigmas(steps: int, shift: float = ONE_TO_ALL_SHIFT, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
-    """``steps + 1`` sigmas (float32, last 0) of diffusers' FlowMatchEuler with a static shift.
-
-    The training grid 1..T (float32) is divided by T and shifted; its first and
-    last values bound a float64 linspace over ``steps`` points that is shifted
-    again, then cast to float32. Arithmetic order follows the scheduler so the
-    values match it bit for bit.
-    """
-    _check_steps(steps)
-    train = np.linspace(1, num_train_timesteps, num_train_timesteps, dtype=np.float32)[::-1].copy()
-    train_sigmas = _shift(torch.from_numpy(train).to(torch.float32) / num_train_timesteps, shift)
-    sigma_max = train_sigmas[0].item()
-    sigma_min = train_sigmas[-1].item()
-    grid = np.linspace(sigma_max * num_train_timesteps, sigma_min * num_train_timesteps, steps)
-    sigmas = _shift(grid / num_train_timesteps, shift)
-    sigmas = torch.from_numpy(sigmas).to(torch.float32)
-    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float32)])
+# Step-distillation LoRAs (lightx2v's Wan2.1 "StepDistill-CfgDistill", 4 steps, no CFG) were
+# trained on the timesteps [1000, 750, 500, 250] of the shift-5 grid, sampled by predicting x0
+# and re-noising to the next sigma (lightx2v's WanStepDistillScheduler; kijai's wrapper calls the
+# same grid "flowmatch_distill"). 4..8 steps spread the same way.
+DISTILLED_SHIFT = 5.0
+DISTILLED_STEPS = (4, 8)  # fewest / most steps the distilled preset accepts
+# Sampler presets of the Wan families: "official" = the family's own grid, sampler and guidance;
+# "distilled" = the grid and sampler above, guidance off (one transformer call per step).
+PRESETS = ("official", "distilled")
 
 
-def unianimate_sigmas(steps: int, shift: float = UNIANIMATE_SHIFT, denoising_strength: float = 1.0) -> torch.Tensor:
-    """``steps + 1`` sigmas (float32, last 0) of DiffSynth's FlowMatchScheduler (extra_one_step, sigma_min 0)."""
-    _check_steps(steps)
-    if not 0.0 < denoising_strength <= 1.0:
-        raise ValueError(f"denoising_strength must be in (0, 1], got {denoising_strength}.")
-    start = 0.0 + (1.0 - 0.0) * denoising_strength
-    sigmas = torch.linspace(start, 0.0, steps + 1)[:-1]
-    sigmas = _shift(sigmas, shift)
-    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float32)])
+def check_preset(preset: str, steps: int) -> None:
+    """A clear error for an unknown preset or a distilled run outside 4..8 steps."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}.")
+    lo, hi = DISTILLED_STEPS
+    if preset == "distilled" and not lo <= int(steps) <= hi:
+        raise ValueError(f"the distilled preset (step-distillation LoRA) takes {lo}..{hi} steps, got {steps}; "
+                         f"set steps to {lo}.")
 
 
-def _check_steps(steps: int) -> None:
+def distilled_sigmas(steps: int = 4, shift: float = DISTILLED_SHIFT,
+                     num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
+    """``steps + 1`` sigmas (float32, last 0): entries ``T * k / steps`` of the shifted training grid
+    ``linspace(1, 0, T + 1)[:-1]`` (for 4 steps: timesteps 1000, 750, 500, 250, as lightx2v)."""
+    check_steps(steps)
+    grid = shift_sigmas(torch.linspace(1.0, 0.0, num_train_timesteps + 1)[:-1], shift)
+    index = [round(num_train_timesteps * k / steps) for k in range(steps)]
+    return torch.cat([grid[index].to(torch.float32), torch.zeros(1, dtype=torch.float32)])
+
+
+def check_steps(steps: int) -> None:
     if int(steps) != steps or steps < 1:
         raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}.")
 
@@ -88,14 +83,6 @@ class FlowMatchEuler:
         if self.sigmas.numel() < 2 or float(self.sigmas[-1]) != 0.0:
             raise ValueError("sigmas must hold at least two values and end with 0.")
         self.timesteps = self.sigmas[:-1] * self.num_train_timesteps
-
-    @classmethod
-    def one_to_all(cls, steps: int, shift: float = ONE_TO_ALL_SHIFT) -> "FlowMatchEuler":
-        return cls(one_to_all_sigmas(steps, shift))
-
-    @classmethod
-    def unianimate(cls, steps: int, shift: float = UNIANIMATE_SHIFT, denoising_strength: float = 1.0) -> "FlowMatchEuler":
-        return cls(unianimate_sigmas(steps, shift, denoising_strength))
 
     @property
     def num_steps(self) -> int:
@@ -128,11 +115,7 @@ class FlowMatchEuler:
         dt = (self.sigmas[i + 1] - self.sigmas[i]).to(velocity.device)
         out = sample.to(torch.float32) + dt * velocity
         out = out.to(out_dtype or velocity.dtype)
-        if frozen_frames is not None:
-            keep = frame_mask(sample.shape[2], frozen_frames, device=sample.device)
-            if keep.any():
-                out[:, :, keep] = sample[:, :, keep].to(out.dtype)
-        return out
+        return _keep_frozen(out, sample, frozen_frames)
 
     def add_noise(self, clean: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:
         """Flow-matching forward process at step ``index``: ``(1 - s) x0 + s * noise``."""
@@ -143,6 +126,47 @@ class FlowMatchEuler:
         if not 0 <= int(index) < self.num_steps:
             raise IndexError(f"step index {index} outside 0..{self.num_steps - 1}.")
         return int(index)
+
+
+@dataclass
+class FlowMatchDistilled(FlowMatchEuler):
+    """The step-distilled sampler: ``x0 = x - sigma_k * v``, then (unless last) fresh noise to the
+    next sigma, ``(1 - sigma_{k+1}) x0 + sigma_{k+1} * noise`` (lightx2v's Wan2.1 sampler). The
+    noise comes from ``generator`` (a seeded CPU generator: the same seed gives the same video).
+    ``renoise=False`` keeps the predicted noise instead, ``x0 + sigma_{k+1} * v`` (= an Euler step
+    on the distilled grid, the Wan2.2-Lightning sampler): what overlapping windows need, since
+    windows averaged after independent fresh noise would lose noise variance."""
+
+    generator: torch.Generator | None = None
+    renoise: bool = True
+
+    @classmethod
+    def distilled(cls, steps: int = 4, seed: int = 0, shift: float = DISTILLED_SHIFT,
+                  renoise: bool = True) -> "FlowMatchDistilled":
+        return cls(distilled_sigmas(steps, shift), generator=make_generator(seed), renoise=renoise)
+
+    def step(self, sample, velocity, index, frozen_frames=None, out_dtype=None):
+        if sample.shape != velocity.shape:
+            raise ValueError(f"sample {tuple(sample.shape)} and velocity {tuple(velocity.shape)} differ in shape.")
+        i = self._index(index)
+        if not self.renoise:
+            return super().step(sample, velocity, index, frozen_frames, out_dtype)
+        out = sample.to(torch.float32) - self.sigmas[i].to(velocity.device) * velocity.float()
+        nxt = float(self.sigmas[i + 1])
+        if nxt > 0:
+            noise = torch.randn(out.shape, generator=self.generator, dtype=torch.float32).to(out.device)
+            out = (1 - nxt) * out + nxt * noise
+        out = out.to(out_dtype or velocity.dtype)
+        return _keep_frozen(out, sample, frozen_frames)
+
+
+def _keep_frozen(out: torch.Tensor, sample: torch.Tensor, frozen_frames) -> torch.Tensor:
+    """``out`` with the latent frames listed in ``frozen_frames`` put back from ``sample``."""
+    if frozen_frames is not None:
+        keep = frame_mask(sample.shape[2], frozen_frames, device=sample.device)
+        if keep.any():
+            out[:, :, keep] = sample[:, :, keep].to(out.dtype)
+    return out
 
 
 def frame_mask(num_frames: int, frames: Sequence[int] | torch.Tensor, device=None) -> torch.Tensor:

@@ -23,7 +23,8 @@ import weakref
 import torch
 import torch.distributed as dist
 
-from .attention import AttentionBackend, WanAttentionProcessor, attention
+from ..runtime.attention import AttentionBackend, attention
+from .attention import WanAttentionProcessor
 
 
 class SequenceParallel:

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from .offload import Placement
+from ..runtime.placement import Placement
 
 TEXT_LENGTH = 512
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .state_dict import WanWeightsError
+from ..runtime.weights import WanWeightsError
 
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
 

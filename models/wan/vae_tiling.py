@@ -22,7 +22,7 @@ from typing import Iterator
 
 import torch
 
-from .offload import Placement
+from ..runtime.placement import Placement
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,6 @@ class TileConfig:
 
 
 DEFAULT_TILES = TileConfig()
-# UniAnimate-DiT decodes with DiffSynth tiles of 30x52 latents, stride 15x26.
-UNIANIMATE_TILES = TileConfig.from_latent((30, 52), (15, 26))
 
 
 def _compression(vae) -> int:

@@ -1,4 +1,5 @@
-"""Memory management for the Wan models: block swap and offload after use.
+"""Placement of a family's models: block swap and offload after use (the placement step of
+models/runtime/lifecycle.py for transformers, ``Placement`` for the once-per-run encoders).
 
 Block swap keeps the weights of some transformer blocks in (pinned) CPU memory
 and streams each one to the GPU just before it runs, on a side CUDA stream, so
@@ -350,27 +351,3 @@ def empty_cache(device: torch.device | str | None = None) -> None:
     """Return cached CUDA blocks to the driver (no-op elsewhere)."""
     if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
         torch.cuda.empty_cache()
-
-
-def prepare_transformer(model: nn.Module, device: torch.device | str, attention_backend: str = "auto", blocks_to_swap: int = 0, prefetch: int = 1) -> nn.Module:
-    """Make a loaded Wan transformer ready to sample: attention backend, then placement.
-
-    ``blocks_to_swap`` > 0 streams that many blocks from CPU memory (see
-    ``BlockSwap``); 0 moves the whole model to ``device``.
-    """
-    from .attention import install_attention
-
-    install_attention(model, attention_backend)
-    apply_block_swap(model, int(blocks_to_swap), device, prefetch=prefetch)
-    return model
-
-
-def release_transformer(model: nn.Module) -> None:
-    """After a run or an interrupt: drop prefetched blocks and attention caches, free cached memory."""
-    from .attention import release as release_attention
-
-    swap = getattr(model, "poseanimate_block_swap", None)
-    if swap is not None:
-        swap.release()
-    release_attention(model)
-    empty_cache()
