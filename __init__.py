@@ -19,7 +19,7 @@ _log = logging.getLogger("PoseAnimate")
 
 
 def _load_families() -> None:
-    from .nodes import host
+    from .nodes import host, validation
 
     host.register_folders()
     found = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent / "nodes")]))
@@ -34,6 +34,7 @@ def _load_families() -> None:
             continue
         NODE_CLASS_MAPPINGS.update(getattr(module, "NODE_CLASS_MAPPINGS", {}))
         NODE_DISPLAY_NAME_MAPPINGS.update(getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", {}))
+    validation.install(NODE_CLASS_MAPPINGS)  # every FLOAT input finite and in range (nodes/validation.py)
 
 
 # ComfyUI and pack_loader import this file as a package. pytest may also import it bare (as the

@@ -24,6 +24,7 @@ import copy
 import fnmatch
 import hashlib
 import json
+import math
 import mimetypes
 import os
 import random
@@ -41,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 WORKFLOWS = ROOT / "workflows" / "api"
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".avi")
+MODEL_EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".onnx", ".gguf", ".json")
 
 
 # --------------------------------------------------------------------------- errors
@@ -163,6 +165,9 @@ ENDPOINTS: dict[str, Endpoint] = {
             "loras": T("PoseAnimateAnimateDiff*Loader*", "loras_json"),
             "select_every_nth_frame": T("PoseAnimateAnimateDiff*", "select_every_nth_frame"),
             "seed": T("PoseAnimateAnimateDiff*", ("seed", "noise_seed")),
+            # local extras (the hosted endpoint fixes them): working size and frame cap
+            "short_side": T("PoseAnimateAnimateDiffSampler", "short_side"),
+            "max_frames": T("PoseAnimateAnimateDiffSampler", "max_frames"),
         },
         model_fields={"base_model": "checkpoints", "loras": "loras"},
         ignored=HOSTED_ONLY,
@@ -306,6 +311,9 @@ class Filled:
     seed: int | None
     uploads: dict[str, Media]  # media field -> what to upload
 
+    def prompt_inputs(self) -> set[tuple[str, str]]:
+        return {(n, i) for n, node in self.prompt.items() for i in node.get("inputs", {})}
+
 
 def _nodes_for(prompt: dict, targets: tuple[Target, ...]) -> list[tuple[str, str]]:
     """(node id, input) pairs the first matching target resolves to in ``prompt``."""
@@ -330,7 +338,28 @@ def _normalised(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", stem.lower())
 
 
-def match_model_name(field_name: str, value, options: list[str] | None, kind: str) -> str:
+def non_finite_numbers(value, where: str = "") -> dict[str, float]:
+    """Request paths (``loras[0].scale``) holding NaN or +-Infinity (Python's JSON reader accepts them)."""
+    found = {}
+    if isinstance(value, float) and not math.isfinite(value):
+        found[where or "request"] = value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            found.update(non_finite_numbers(v, f"{where}.{k}" if where else str(k)))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found.update(non_finite_numbers(v, f"{where}[{i}]"))
+    return found
+
+
+def png_bit_depth(data: bytes) -> int | None:
+    """Bits per channel of a PNG (its IHDR), None for other formats."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) > 24:
+        return data[24]
+    return None
+
+
+def match_model_name(field_name: str, value, options: list[str] | None, kind: str, warn=None) -> str:
     """A hosted model name (``cardosAnimev20``) or file name -> a file the server offers."""
     if not isinstance(value, str) or not value.strip():
         raise RequestError(f"{field_name} must be a file name in ComfyUI's {kind} folder, got {value!r}",
@@ -341,6 +370,8 @@ def match_model_name(field_name: str, value, options: list[str] | None, kind: st
     want = _normalised(value.split("?")[0])
     for opt in options:
         if _normalised(opt) == want:
+            if warn:
+                warn(f"{field_name}: {value!r} is not a file name on the server; using its file {opt!r}")
             return opt
     shown = ", ".join(options[:15]) + (" ..." if len(options) > 15 else "") if options else "(none)"
     raise RequestError(f"{field_name}: {value!r} is not in the server's {kind} folder; put the file in "
@@ -359,9 +390,14 @@ def fill_workflow(endpoint: Endpoint, workflow: dict, request: dict, options_of=
     prompt = copy.deepcopy(workflow)
     origin: dict[tuple[str, str], str] = {}
     problems: dict[str, str] = {}
-    for name in endpoint.required:
-        if request.get(name) in (None, ""):
+    for name in endpoint.required:  # "" is a valid prompt (the nodes take it); media must be non-empty
+        if request.get(name) is None or (name in endpoint.media and request.get(name) == ""):
             problems[name] = "required"
+    bad_numbers = non_finite_numbers(request)
+    if bad_numbers:
+        raise RequestError("request field(s) hold NaN or Infinity, which no model input can use: "
+                           + ", ".join(f"{k} = {v}" for k, v in bad_numbers.items())
+                           + "; send finite numbers (e.g. 7.5)", {k: "not a finite number" for k in bad_numbers})
     unknown = sorted(set(request) - set(endpoint.fields) - set(endpoint.ignored))
     if unknown and warn:
         warn(f"ignoring request field(s) this local endpoint has no equivalent for: {', '.join(unknown)}")
@@ -387,12 +423,15 @@ def fill_workflow(endpoint: Endpoint, workflow: dict, request: dict, options_of=
         if name in endpoint.media:
             uploads[name] = load_media(name, value, endpoint.media[name], media_timeout)
             value = uploads[name].name
+            if endpoint.media[name] == IMAGE and png_bit_depth(uploads[name].data) == 16 and warn:
+                warn(f"warning: {name} is a 16-bit PNG; ComfyUI's Load Image turns such images (nearly) white, so the "
+                     "pose detector may find nobody. Save the reference as an 8-bit PNG or a JPEG.")
         elif name == "loras":
-            value = _loras_json(name, value, lambda: options_of(*_lora_slot(prompt, hits)) if options_of else None)
+            value = _loras_json(name, value, lambda: options_of(*_lora_slot(prompt, hits)) if options_of else None, warn)
         elif name in endpoint.model_fields:
             node_id, inp = hits[0]
             opts = options_of(prompt[node_id]["class_type"], inp) if options_of else None
-            value = match_model_name(name, value, opts, endpoint.model_fields[name])
+            value = match_model_name(name, value, opts, endpoint.model_fields[name], warn)
         for node_id, inp in hits:
             prompt[node_id]["inputs"][inp] = value
             origin[(node_id, inp)] = name
@@ -406,7 +445,7 @@ def _lora_slot(prompt, hits):
     return prompt[node_id]["class_type"], (slots[0] if slots else "lora_1")
 
 
-def _loras_json(name, value, options) -> str:
+def _loras_json(name, value, options, warn=None) -> str:
     """The hosted ``loras`` list [{path, scale}] -> the loader's loras_json [{name, scale}]."""
     if not isinstance(value, list):
         raise RequestError(f"{name} must be a list of {{\"path\": ..., \"scale\": ...}} objects", {name: "not a list"})
@@ -419,12 +458,32 @@ def _loras_json(name, value, options) -> str:
         if not isinstance(item, dict) or not (item.get("path") or item.get("name")):
             raise RequestError(f"{where} must be an object with a 'path' (a file in ComfyUI's loras folder)",
                                {where: "no path"})
+        _refuse_remote_lora(f"{where}.path", item.get("path") or item.get("name"), opts)
         scale = item.get("scale", 1.0)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)):
             raise RequestError(f"{where}.scale must be a number, got {scale!r}", {f"{where}.scale": "not a number"})
-        out.append({"name": match_model_name(f"{where}.path", item.get("path") or item.get("name"), opts, "loras"),
+        out.append({"name": match_model_name(f"{where}.path", item.get("path") or item.get("name"), opts, "loras", warn),
                     "scale": float(scale)})
     return json.dumps(out) if out else ""
+
+
+def _refuse_remote_lora(where: str, path, options) -> None:
+    """The hosted endpoint downloads ``loras[].path`` (URL or hub name); this client never downloads.
+    A hub-like ``owner/repo`` is refused only when the server's loras folder has nothing by that name."""
+    if not isinstance(path, str):
+        return
+    text = path.strip()
+    url = re.match(r"^(https?|hf|s3)://", text, re.I)
+    hub = (re.fullmatch(r"[\w.-]+/[\w.-]+(/[\w./-]+)?", text) and options is not None
+           and _normalised(text) not in {_normalised(o) for o in options})
+    if not (url or hub):
+        return
+    stem = text.split("?")[0].rstrip("/").rsplit("/", 1)[-1] or "lora"
+    name = stem if re.search(r"\.(safetensors|ckpt|pt|pth|bin)$", stem, re.I) else stem + ".safetensors"
+    what = "a URL" if url else "a Hugging Face hub name"
+    raise RequestError(f"{where}: {text!r} is {what}; this local endpoint never downloads. Download the LoRA file "
+                       f"yourself, put it in ComfyUI/models/loras/ (e.g. as {name}) and pass \"path\": \"{name}\"",
+                       {where: "URL / hub name: put the file in models/loras"})
 
 
 # --------------------------------------------------------------------------- server
@@ -523,11 +582,22 @@ def describe_validation(body, filled: Filled, workflow_name: str) -> RequestErro
     fields: dict[str, str] = {}
     lines = []
     for node_id, entry in (body.get("node_errors") or {}).items():
+        said = set()
         for err in entry.get("errors", []):
             extra = err.get("extra_info") or {}
             inp = extra.get("input_name")
             text = err.get("message", "invalid")
             details = err.get("details")
+            if err.get("type") == "custom_validation_failed" and details:
+                # ComfyUI files one node check's answer under each input the check takes: keep it
+                # once, under the input the answer names first (the pack's checks start with it).
+                reason = str(details).split(" - ", 1)[-1]
+                if reason in said:
+                    continue
+                said.add(reason)
+                named = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)", reason)
+                inp = named.group(1) if named and (str(node_id), named.group(1)) in filled.prompt_inputs() else inp
+                text, details = reason, None
             if details and details not in text and details != inp:
                 text += f": {details}"
             if "received_value" in extra:
@@ -552,34 +622,96 @@ def describe_validation(body, filled: Filled, workflow_name: str) -> RequestErro
     return RequestError("ComfyUI refused the request: " + head + ("\n" + "\n".join(lines) if lines else ""), fields)
 
 
-def fields_feeding(prompt: dict, origin: dict, node_id: str) -> tuple[tuple[str, ...], bool]:
-    """Request fields set on ``node_id``, else on its nearest upstream nodes that have any.
-    Returns (fields, direct)."""
-    level, seen = [str(node_id)], set()
-    direct = True
+# Words by which a server message points at a media field (besides the field's own name and
+# the node inputs it sets): a message about the reference blames image_url, not video_url.
+FIELD_WORDS = {"image_url": ("reference", "image"), "video_url": ("driving", "video", "frames")}
+VIDEO_NODES = ("LoadVideo", "GetVideoComponents")
+
+
+def _mentions(message: str, words) -> int | None:
+    """Where ``message`` first names one of ``words`` (``_`` counts as a separator), else None."""
+    spots = [m.start() for w in words if w
+             for m in re.finditer(rf"(?<![A-Za-z0-9]){re.escape(w)}(?![A-Za-z0-9])", message, re.I)]
+    return min(spots) if spots else None
+
+
+def fields_feeding(prompt: dict, origin: dict, node_id: str, message: str = "") -> tuple[tuple[str, ...], bool]:
+    """The request fields a failure in ``node_id`` is about. Returns (fields, direct).
+
+    Every request field set on the node or anywhere upstream of it is a candidate. When the
+    message names some of them (the field, an input it sets, or a word such as "reference" or
+    "driving"), the first named wins; otherwise the node's own fields, else all upstream ones.
+    """
+    candidates: list[tuple[str, int]] = []
+    level, seen, depth = [str(node_id)], set(), 0
     while level:
-        fed = sorted({f for (n, _), f in origin.items() if n in level})
-        if fed:
-            return tuple(fed), direct
+        for (n, _), f in sorted(origin.items()):
+            if n in level and f not in {c for c, _ in candidates}:
+                candidates.append((f, depth))
         seen.update(level)
         nxt = []
         for n in level:
             for value in (prompt.get(n) or {}).get("inputs", {}).values():
                 if isinstance(value, list) and len(value) == 2 and str(value[0]) in prompt and str(value[0]) not in seen:
                     nxt.append(str(value[0]))
-        level, direct = nxt, False
-    return (), True
+        level, depth = sorted(set(nxt)), depth + 1
+    if not candidates:
+        return (), True
+    if message:
+        spots = {}
+        for f, _ in candidates:
+            words = {f, *FIELD_WORDS.get(f, ()), *(inp for (_, inp), g in origin.items() if g == f)}
+            spot = _mentions(message, words)
+            if spot is not None:
+                spots[f] = spot
+        if spots:
+            first = min(spots.values())
+            named = [f for f, _ in candidates if spots.get(f) == first]
+            return tuple(named), all(d == 0 for f, d in candidates if f in named)
+    own = [f for f, d in candidates if d == 0]
+    return (tuple(own), True) if own else (tuple(f for f, _ in candidates), False)
 
 
 def describe_execution_error(data: dict, filled: Filled) -> ExecutionFailed:
     node_id = str(data.get("node_id", "?"))
-    fed, direct = fields_feeding(filled.prompt, filled.origin, node_id)
+    text = str(data.get("exception_message", "")).strip()
+    node_type = data.get("node_type", "?")
+    fed, direct = fields_feeding(filled.prompt, filled.origin, node_id, text)
     hint = ""
     if fed:
         hint = f" (this node {'takes' if direct else 'works on'} request field(s): {', '.join(fed)})"
-    msg = (f"the graph failed in node {node_id} ({data.get('node_type', '?')}){hint}: "
-           f"{data.get('exception_type', 'Error')}: {str(data.get('exception_message', '')).strip()}")
+    msg = (f"the graph failed in node {node_id} ({node_type}){hint}: "
+           f"{data.get('exception_type', 'Error')}: {text}")
+    if node_type in VIDEO_NODES:
+        msg += ("\nComfyUI could not read video frames from the uploaded file: it is empty (0 frames), has no video "
+                "stream or is damaged. Send a video that plays, e.g. an H.264 MP4.")
     return ExecutionFailed(msg, node_id, fed)
+
+
+def check_fixed_values(prompt: dict, origin: dict, spec_of, workflow_name: str) -> None:
+    """Values fixed in the workflow (not set by the request) that the server does not offer,
+    above all model files: named with the folder to put them in, before any media is uploaded."""
+    problems = []
+    for node_id, node in prompt.items():
+        for inp, value in node.get("inputs", {}).items():
+            if (node_id, inp) in origin or not isinstance(value, str):
+                continue
+            options, opts = spec_of(node["class_type"], inp)
+            if options is None or value in options:
+                continue
+            where = f"node {node_id} ({node.get('_meta', {}).get('title') or node['class_type']}) input {inp}"
+            if Path(value).suffix.lower() in MODEL_EXTS:
+                folder = re.search(r"models/([A-Za-z0-9_]+)", str(opts.get("tooltip", "")))
+                folder = f"ComfyUI/models/{folder.group(1)}/" if folder else "the ComfyUI model folder this input lists"
+                problems.append(f"  {where}: the model file {value!r} is not on the server. Put {value} in {folder} "
+                                "(or a folder listed in extra_model_paths.yaml), then restart ComfyUI or refresh its "
+                                "model lists")
+            else:
+                shown = ", ".join(map(str, options[:10])) + (" ..." if len(options) > 10 else "")
+                problems.append(f"  {where}: {value!r} is not one of the server's choices ({shown}); update "
+                                "ComfyUI-PoseAnimate on the server or pass a matching --workflow")
+    if problems:
+        raise ClientError(f"{workflow_name} cannot run on this server (nothing was uploaded):\n" + "\n".join(problems))
 
 
 # --------------------------------------------------------------------------- running
@@ -625,7 +757,11 @@ def _follow_ws(comfy: Comfy, ws, prompt_id: str, deadline: float, progress: Prog
                 return marks
             continue
         if not isinstance(raw, str):
-            continue  # binary preview frames
+            if raw[:4] == b"\x00\x00\x00\x03" and len(raw) >= 8:  # ComfyUI's TEXT event: node id + text
+                size = int.from_bytes(raw[4:8], "big")
+                node, text = raw[8:8 + size].decode(errors="replace"), raw[8 + size:].decode(errors="replace")
+                progress.say(f"node {node} {progress.titles.get(node, '')}: {text}")
+            continue  # other binary frames are previews
         msg = json.loads(raw)
         kind, data = msg.get("type"), msg.get("data") or {}
         if isinstance(data, dict) and data.get("prompt_id") not in (None, prompt_id):
@@ -647,6 +783,19 @@ def _follow_ws(comfy: Comfy, ws, prompt_id: str, deadline: float, progress: Prog
         elif kind in ("execution_success",) or (kind == "executing" and data.get("node") is None
                                                  and data.get("prompt_id") == prompt_id):
             return marks
+
+
+def _jobs_ahead(comfy: Comfy, prompt_id: str) -> str:
+    """", N job(s) ahead" from /queue (the prompt's "number" is a counter, not a position)."""
+    try:
+        queue = comfy.get_json("/queue")
+    except ClientError:
+        return ""
+    mine = [item[0] for item in queue.get("queue_pending", []) if item[1] == prompt_id]
+    ahead = sum(1 for item in queue.get("queue_running", []) if item[1] != prompt_id)
+    if mine:
+        ahead += sum(1 for item in queue.get("queue_pending", []) if item[0] < mine[0])
+    return f", {ahead} job(s) ahead" if ahead else ""
 
 
 def _history(comfy: Comfy, prompt_id: str) -> dict:
@@ -712,14 +861,19 @@ def run(endpoint_name: str, request: dict, server: str, out: Path | None = None,
             info_cache[class_type] = comfy.object_info(class_type)
         return info_cache[class_type]
 
-    def options_of(class_type, inp):
+    def spec_of(class_type, inp):
+        """(combo choices or None, input options) of a node input on the server."""
         node = info(class_type) or {}
         spec = {**node.get("input", {}).get("required", {}), **node.get("input", {}).get("optional", {})}.get(inp)
+        opts = spec[1] if spec and len(spec) > 1 and isinstance(spec[1], dict) else {}
         if spec and isinstance(spec[0], list):
-            return list(spec[0])
-        if spec and spec[0] == "COMBO" and len(spec) > 1:
-            return list(spec[1].get("options", []))
-        return None
+            return list(spec[0]), opts
+        if spec and spec[0] == "COMBO":
+            return list(opts.get("options", [])), opts
+        return None, opts
+
+    def options_of(class_type, inp):
+        return spec_of(class_type, inp)[0]
 
     missing = sorted(c for c in {n["class_type"] for n in graph.values()} if not info(c))
     if missing:
@@ -727,6 +881,7 @@ def run(endpoint_name: str, request: dict, server: str, out: Path | None = None,
                           "ComfyUI-PoseAnimate in its custom_nodes folder and restart it")
     filled = fill_workflow(endpoint, graph, request, options_of, warn=progress.say)
     progress.titles = {k: v.get("_meta", {}).get("title") or v["class_type"] for k, v in filled.prompt.items()}
+    check_fixed_values(filled.prompt, filled.origin, spec_of, wf_path.name)
 
     t0 = time.perf_counter()
     for name, media in filled.uploads.items():
@@ -761,7 +916,7 @@ def run(endpoint_name: str, request: dict, server: str, out: Path | None = None,
         if status != 200 or not isinstance(body, dict) or "prompt_id" not in body:
             raise ClientError(f"ComfyUI answered POST /prompt with HTTP {status}: {str(body)[:500]}")
         prompt_id = body["prompt_id"]
-        progress.say(f"queued as {prompt_id} (position {body.get('number', '?')})")
+        progress.say(f"queued as {prompt_id}{_jobs_ahead(comfy, prompt_id)}")
         deadline = time.monotonic() + timeout
         try:
             if ws is not None:

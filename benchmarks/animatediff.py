@@ -10,6 +10,8 @@ CPU, tiny random models (SD1.5 topology, small channels):
   frames, each in its own subprocess. Target <= 1.3 (context windows keep it flat).
 - ``animatediff_window_batch_speedup``: 48 frames (4 windows of 16/4), one window pair per UNet
   call over four per call.
+- ``animatediff_cfg1_calls_per_step``: UNet calls per sampler step at guidance 1 (must be 1: the
+  unconditional pass is skipped, as ComfyUI and ADE do), on a 16-frame clip in one window.
 GPU (only when CUDA is available): ``animatediff_s_per_frame`` for SD1.5-size random weights,
 512x512, 32 frames, 25 steps, fp16.
 """
@@ -140,7 +142,7 @@ def peak_memory_child(frames: int, size: int) -> int:
     pipe = ours_pipe()
     src = source_frames(frames, size)
     settings = pl.V2VSettings(prompt=PROMPT, steps=2, seed=0, select_every_nth_frame=1, sampler="euler",
-                              scheduler="normal", window_batch=1)
+                              scheduler="normal", window_batch=1, context=cw.ContextOptions())  # 16/4 windows for both
     pipe(source_frames(16, size), settings)  # warm-up: allocator pools and kernels
     growth, _ = peak_rss_growth(lambda: pipe(src, settings))
     return growth
@@ -173,6 +175,20 @@ def bench_window_batch(frames=48, size=64, repeats=3):
     return statistics.median(t1) / statistics.median(t4)
 
 
+# ------------------------------------------------------------------ figure 4
+def bench_cfg1_calls_per_step(frames=16, size=64, steps=4):
+    """UNet forward calls per step at guidance 1, counted on the real animated UNet."""
+    pipe = ours_pipe()
+    calls = []
+    hook = pipe.unet.unet.conv_in.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    st = pl.V2VSettings(prompt=PROMPT, steps=steps, guidance=1.0, seed=0, select_every_nth_frame=1, sampler="euler",
+                        scheduler="normal")
+    res = pipe(source_frames(frames, size), st)
+    hook.remove()
+    assert all(b == frames for b in calls), calls  # one window, positive prompt only
+    return len(calls) / steps, res.unet_calls / steps
+
+
 # ------------------------------------------------------------------ GPU figure
 def bench_gpu_s_per_frame(frames=32, size=512, steps=25):
     dev = torch.device("cuda")
@@ -201,6 +217,9 @@ def main():
     print(f"animatediff_mem_96_vs_32: {ratio:.3f}", flush=True)
     print(f"# peak RSS growth while sampling: 32 frames {p32 / 2**20:.1f} MiB, 96 frames {p96 / 2**20:.1f} MiB", flush=True)
     print(f"animatediff_window_batch_speedup: {bench_window_batch():.3f}", flush=True)
+    per_step, counted = bench_cfg1_calls_per_step()
+    print(f"animatediff_cfg1_calls_per_step: {per_step:g}", flush=True)
+    print(f"# the pipeline's own count agrees: {counted:g} UNet calls per step", flush=True)
     if torch.cuda.is_available():
         print(f"animatediff_s_per_frame: {bench_gpu_s_per_frame():.3f}", flush=True)
     else:

@@ -8,6 +8,12 @@ CPU, tiny random models (the pack's ``OneToAllTransformer`` and diffusers' Wan V
 - ``one_to_all_mem_321_vs_81``: peak resident memory growth while sampling (above the process's
   size just before the call, RSS sampled every 2 ms in a thread), 321 frames (5 chunks) over
   81 frames (2 chunks), each in its own subprocess. Target <= 1.3 (chunking keeps memory flat).
+- ``one_to_all_hint_mem_ratio``: peak bytes of live tensors of the pose hint encoder
+  (``input_hint_block``, released widths: 16-channel blocks, 5120 output channels) run chunked
+  over frames, over the same run on the whole video, at 480x832 x 81 frames. Counted on the meta
+  device by benchmarks/tensor_memory.py (shapes only: the whole-video run needs ~10 GB). Target <= 0.35.
+- ``one_to_all_hint_max_abs``: max |chunked - whole| of real CPU runs of that encoder (seeded
+  random weights, 81 frames at ``--hint-size``, default 240x416). Target <= 1e-5.
 GPU (only when CUDA is available): the 14B model with random weights, 480p (480x832), 81 frames,
 one denoising step with three-way guidance (3 forwards):
 - ``one_to_all_14b_step_s``: seconds per step;
@@ -142,6 +148,40 @@ def memory(size: int = 16, steps: int = 2) -> None:
 
 
 # --------------------------------------------------------------------------------------- GPU
+def hint_encoder(height: int = 480, width: int = 832, frames: int = 81, check_size=(240, 416)) -> None:
+    from tensor_memory import TensorMemory
+
+    from poseanimate.models.one_to_all.conv_encoders import PoseHintEncoder
+
+    dim = MODEL_14B["num_attention_heads"] * MODEL_14B["attention_head_dim"]
+    peaks = {}
+    with torch.device("meta"):
+        encoder = PoseHintEncoder(out_channels=dim).eval().requires_grad_(False)
+        video = torch.empty(1, 3, frames, height, width)
+    chunk = encoder.chunk_frames
+    for name, chunk_frames in (("whole", 0), ("chunked", chunk)):
+        encoder.chunk_frames = chunk_frames
+        with torch.no_grad(), TensorMemory(exclude=[encoder, video]) as mem:
+            out = encoder(video)
+        peaks[name] = mem.peak["meta"]
+        del out
+    print(f"# hint encoder at {width}x{height} x {frames} frames, {dim} channels out: peak live tensors whole "
+          f"{peaks['whole'] / 2**30:.2f} GiB, chunked ({chunk} frames) {peaks['chunked'] / 2**30:.2f} GiB", flush=True)
+    emit("one_to_all_hint_mem_ratio", round(peaks["chunked"] / peaks["whole"], 4))
+
+    h, w = check_size
+    encoder = _randomize(PoseHintEncoder(out_channels=dim), seed=3)
+    video = torch.rand(1, 3, frames, h, w, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    with torch.no_grad():
+        encoder.chunk_frames = 0
+        whole = encoder(video)
+        encoder.chunk_frames = chunk
+        chunked = encoder(video)
+    print(f"# real CPU run at {w}x{h} x {frames} frames: output {tuple(whole.shape)}, "
+          f"max |value| {float(whole.abs().max()):.3f}", flush=True)
+    emit("one_to_all_hint_max_abs", f"{float((chunked - whole).abs().max()):.3g}")
+
+
 def _sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -253,13 +293,20 @@ def main() -> None:
     ap.add_argument("--overhead-steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--skip-cpu", action="store_true")
+    ap.add_argument("--hint-size", type=int, nargs=2, default=(240, 416), metavar=("H", "W"),
+                    help="frame size of the real chunked-vs-whole hint encoder check")
+    ap.add_argument("--hint-only", action="store_true", help="only the two hint encoder figures")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.mem_child:
         mem_child(args.mem_child, args.size, args.steps)
         return
+    if args.hint_only:
+        hint_encoder(check_size=tuple(args.hint_size))
+        return
     if not args.skip_cpu:
+        hint_encoder(check_size=tuple(args.hint_size))
         overhead(size=args.overhead_size, steps=args.overhead_steps)
         memory(size=args.size, steps=args.steps)
     if torch.cuda.is_available():

@@ -43,9 +43,14 @@ def runtime_inputs(max_blocks: int = 40) -> dict:
     return {
         "block_swap": ("INT", {"default": 0, "min": 0, "max": max_blocks,
                                "tooltip": "Transformer blocks kept in CPU memory and streamed to the GPU (less VRAM, slower)"}),
-        "attention": (attention_choices(), {"default": "auto",
-                                            "tooltip": "auto: flash-attn 3/2 or SageAttention when installed, else PyTorch SDPA"}),
+        "attention": attention_input(),
     }
+
+
+def attention_input() -> tuple:
+    """The loaders' attention backend choice (models/runtime/attention.py)."""
+    return (attention_choices(), {"default": "auto",
+                                  "tooltip": "auto: flash-attn 3/2 or SageAttention when installed, else PyTorch SDPA"})
 
 
 def toolkit_inputs() -> dict:

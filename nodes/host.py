@@ -7,7 +7,9 @@ sub-folder per ComfyUI folder name, and progress/interrupt are no-ops.
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -174,6 +176,20 @@ class Progress:
             self._bar.update_absolute(min(self.done, self.total), self.total)
 
 
+def notify(text: str) -> None:
+    """A warning the user should see: ComfyUI's log, and the text shown on the running node in
+    the frontend (also on /ws as a binary TEXT message, which client.py prints)."""
+    logging.getLogger("PoseAnimate").warning("PoseAnimate: %s", text)
+    try:
+        from comfy_execution.utils import get_executing_context  # type: ignore
+        from server import PromptServer  # type: ignore
+    except ImportError:
+        return
+    context = get_executing_context()
+    if context is not None and getattr(PromptServer, "instance", None) is not None:
+        PromptServer.instance.send_progress_text(text, context.node_id)
+
+
 def check_interrupt() -> None:
     """Raise ComfyUI's interrupt exception if the user pressed Cancel."""
     try:
@@ -192,6 +208,109 @@ def step_callback(total: int):
         progress.update(n)
 
     return callback
+
+
+def sampler_names(builtin) -> list[str]:
+    """ComfyUI's sampler list when hosted, else the pack's built-in ones."""
+    try:
+        import comfy.samplers  # type: ignore
+
+        return list(comfy.samplers.KSampler.SAMPLERS)
+    except ImportError:
+        return list(builtin)
+
+
+def scheduler_names(builtin) -> list[str]:
+    """ComfyUI's scheduler list when hosted, else the pack's built-in ones."""
+    try:
+        import comfy.samplers  # type: ignore
+
+        return list(comfy.samplers.KSampler.SCHEDULERS)
+    except ImportError:
+        return list(builtin)
+
+
+class _ModelObjects:
+    """What ComfyUI's samplers ask a model patcher for (``get_model_object('model_sampling')``)."""
+
+    def __init__(self, schedule):
+        self.schedule = schedule
+
+    def get_model_object(self, name: str):
+        if name != "model_sampling":
+            raise KeyError(f"the AnimateDiff denoiser has no model object {name!r}")
+        return self.schedule
+
+
+class _Inner:
+    def __init__(self, schedule):
+        self.model_sampling = schedule
+
+
+class _ComfyDenoiser:
+    """A pack denoiser in the shape ComfyUI's k-samplers call (their ``model_wrap``).
+
+    ``schedule`` must offer what ComfyUI's ``ModelSamplingDiscrete`` does (sigmas, sigma_min/max,
+    timestep, sigma, noise_scaling, inverse_noise_scaling, percent_to_sigma).
+    ``denoiser(x, sigma, parts=False)`` returns the CFG result, or with ``parts`` also the cond and
+    uncond predictions that CFG++ samplers read through ``sampler_post_cfg_function``.
+    """
+
+    def __init__(self, schedule, denoiser, cfg: float):
+        self.inner_model = _Inner(schedule)
+        self.model_patcher = _ModelObjects(schedule)
+        self.denoiser = denoiser
+        self.cfg = cfg
+
+    def __call__(self, x, sigma, model_options=None, seed=None, **_):
+        post = (model_options or {}).get("sampler_post_cfg_function", [])
+        if not post:
+            return self.denoiser(x, sigma)
+        denoised, cond, uncond = self.denoiser(x, sigma, parts=True)
+        for fn in post:
+            denoised = fn({"denoised": denoised, "cond": None, "uncond": None, "cond_scale": self.cfg, "model": self,
+                           "uncond_denoised": uncond, "cond_denoised": cond, "sigma": sigma,
+                           "model_options": model_options, "input": x})
+        return denoised
+
+
+class ComfySampling:
+    """Every sampler and scheduler ComfyUI offers, run by ComfyUI's own code on a pack denoiser.
+
+    Sigmas come from ComfyUI's ``KSampler`` (its schedulers, its ``denoise`` tail and its
+    discard-penultimate rule); sampling from ``sampler_object(name).sample`` with our
+    denoiser as the model. Nothing of ComfyUI is patched.
+    """
+
+    def __init__(self):
+        import comfy.samplers  # type: ignore
+
+        self._cs = comfy.samplers
+        self.samplers = list(comfy.samplers.KSampler.SAMPLERS)
+        self.schedulers = list(comfy.samplers.KSampler.SCHEDULERS)
+
+    def sigmas(self, schedule, scheduler: str, steps: int, denoise: float, sampler: str) -> torch.Tensor:
+        if sampler not in self.samplers:
+            raise ValueError(f"Unknown sampler {sampler!r}; ComfyUI offers: {', '.join(self.samplers)}.")
+        if scheduler not in self.schedulers:
+            raise ValueError(f"Unknown scheduler {scheduler!r}; ComfyUI offers: {', '.join(self.schedulers)}.")
+        ks = self._cs.KSampler(_ModelObjects(schedule), steps, "cpu", sampler=sampler, scheduler=scheduler, denoise=denoise)
+        return ks.sigmas.float().cpu()
+
+    def sample(self, sampler: str, schedule, denoiser, noise, latent, sigmas, seed: int, on_step, cfg: float):
+        model = _ComfyDenoiser(schedule, denoiser, cfg)
+        extra_args = {"model_options": {}, "seed": int(seed)}
+        callback = lambda i, denoised, x, total: on_step(i)  # noqa: E731
+        return self._cs.sampler_object(sampler).sample(model, sigmas, extra_args, callback, noise,
+                                                       latent_image=latent, disable_pbar=True)
+
+
+def comfy_sampling() -> ComfySampling | None:
+    """ComfyUI's samplers when hosted; None (the pack's built-in set) otherwise."""
+    try:
+        return ComfySampling()
+    except ImportError:
+        return None
 
 
 def free_memory() -> None:
@@ -241,6 +360,43 @@ def output_directory() -> Path:
     if fp is not None:
         return Path(fp.get_output_directory())
     return Path(os.environ.get("POSEANIMATE_OUTPUT_DIR", PACK_DIR / "output"))
+
+
+def new_output_file(filename_prefix: str, extension: str) -> Path:
+    """A file that does not exist yet in the output folder: ``<prefix>_00001_.<ext>``, ComfyUI's counter.
+
+    Absolute prefixes and prefixes that climb out (``..``) are refused, as ComfyUI's own savers
+    refuse them; the file is created exclusively, so two nodes with one prefix (or two runs in
+    the same second) never overwrite each other.
+    """
+    prefix = (filename_prefix or "").strip()
+    fix = "use a relative prefix such as PoseAnimate/poses (files go under ComfyUI's output folder)"
+    if not prefix:
+        raise ModelFileError(f"filename_prefix is empty; {fix}.")
+    if os.path.isabs(prefix) or prefix.startswith(("/", "\\")) or (len(prefix) > 1 and prefix[1] == ":"):
+        raise ModelFileError(f"filename_prefix {filename_prefix!r} is an absolute path; ComfyUI saves only inside its "
+                             f"output folder: {fix}.")
+    if ".." in prefix.replace("\\", "/").split("/"):
+        raise ModelFileError(f"filename_prefix {filename_prefix!r} climbs out of the output folder; {fix}.")
+    out_dir = output_directory()
+    fp = _folder_paths()
+    if fp is not None:
+        folder, name, counter, _, _ = fp.get_save_image_path(prefix, str(out_dir))
+        folder = Path(folder)
+    else:
+        folder = out_dir / os.path.dirname(os.path.normpath(prefix))
+        name = os.path.basename(os.path.normpath(prefix))
+        pattern = re.compile(re.escape(name) + r"_(\d+)_")
+        counts = [int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else []) if (m := pattern.match(p.name))]
+        counter = max(counts, default=0) + 1
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = folder / f"{name}_{counter:05d}_{extension}"
+        try:
+            path.open("x").close()
+            return path
+        except FileExistsError:
+            counter += 1
 
 
 def input_directory() -> Path:

@@ -8,8 +8,14 @@ Types:
   pose drawing (uint8, the reference's own pose without face, warped in 'pose' alignment mode)
   and the outpaint mask (1 = area the warped reference does not cover; none in 'ref' mode).
 
-The sampler takes the Wan VAE and prompt embeddings of nodes/wan.py and the pose images of
+The sampler takes the Wan VAE and prompt embeddings of nodes/wan.py (One-to-All Text Encode is Wan
+Text Encode with the released scripts' negative prompt as default) and the pose images of
 nodes/pose.py (rendered in the ``one_to_all`` style), and returns IMAGE frames and a LATENT.
+
+Model-size defaults: ComfyUI always sends a widget's value, so "left at default" cannot be told
+from "set to the same number". Inputs whose official value depends on the loaded model (14B or
+1.3B) therefore default to 0 = "the model's own value" (``pipeline.MODEL_DEFAULTS``); any other
+value is the user's and is used as given.
 """
 from __future__ import annotations
 
@@ -18,12 +24,13 @@ import re
 import numpy as np
 
 from ..models.one_to_all import pipeline
+from ..models.one_to_all.guidance import ONE_TO_ALL_NEGATIVE_PROMPT
 from ..models.runtime import precision as wan_precision
 from ..pose import frames, keypoints, render
 from . import host
 from .common import (chosen_loras, lora_inputs, model_choices, preset_input, run_sampler, runtime_inputs, runtime_options,
                      toolkit_inputs)
-from .wan import EMBEDS_TYPE, VAE_TYPE
+from .wan import EMBEDS_TYPE, VAE_TYPE, WanTextEncode
 
 CATEGORY = "PoseAnimate/one_to_all"
 MODEL_TYPE = "POSEANIMATE_ONE_TO_ALL"
@@ -79,6 +86,19 @@ class OneToAllLoader:
         info = {"loras": [(p.name, s) for p, s in loras], "merged": lora_mode == "merged"}
         return (pipeline.OneToAllModel(model.eval(), dtype, host.torch_device(), model_name, host.offload_device(),
                                        options, info),)
+
+
+class OneToAllTextEncode(WanTextEncode):
+    """Wan Text Encode whose negative prompt defaults to One-to-All's own (``inference_14b.py``)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        spec = super().INPUT_TYPES()
+        kind, options = spec["required"]["negative_prompt"]
+        spec["required"]["negative_prompt"] = (kind, {**options, "default": ONE_TO_ALL_NEGATIVE_PROMPT})
+        return spec
+
+    CATEGORY = CATEGORY
 
 
 class OneToAllPrepareReference:
@@ -148,13 +168,19 @@ class OneToAllSampler:
                                                                                              "(hosted endpoint); reference: the official scripts' rule (the reference's "
                                                                                              "size, short side at most 576)"}),
                 "steps": ("INT", {"default": 30, "min": pipeline.MIN_STEPS, "max": pipeline.MAX_STEPS}),
-                "image_guidance_scale": ("FLOAT", {"default": 2.0, "min": 1.0, "max": 10.0, "step": 0.1,
-                                                   "tooltip": "Reference guidance (1 = off: one call per step)"}),
+                "image_guidance_scale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.1,
+                                                   "tooltip": "Reference guidance 1..10 (1 = off: one call per step); "
+                                                              "0 = the loaded model's official value (14B: 2.0, 1.3B: 2.5)"}),
                 "pose_guidance_scale": ("FLOAT", {"default": 1.5, "min": 1.0, "max": 10.0, "step": 0.1,
                                                   "tooltip": "Pose guidance (1 = off: two calls per step)"}),
                 "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
             },
-            "optional": {"preset": preset_input()},
+            "optional": {
+                "preset": preset_input(),
+                "reference_max_short": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16,
+                                                "tooltip": "'reference' resolution: cap on the short side; 0 = the loaded "
+                                                           "model's official value (14B: 576, 1.3B: 384)"}),
+            },
         }
 
     RETURN_TYPES = ("IMAGE", "LATENT")
@@ -163,24 +189,30 @@ class OneToAllSampler:
     CATEGORY = CATEGORY
 
     def sample(self, model, vae, embeds, reference, pose_images, resolution="480p", steps=30,
-               image_guidance_scale=2.0, pose_guidance_scale=1.5, seed=42, preset="official"):
+               image_guidance_scale=0.0, pose_guidance_scale=1.5, seed=42, preset="official", reference_max_short=0):
+        if 0 < float(image_guidance_scale) < 1:
+            raise ValueError(f"image_guidance_scale must be 0 (the model's default) or 1..10, got {image_guidance_scale}.")
         poses = frames.to_uint8_rgb(pose_images, "pose_images")
+        image_guidance = float(image_guidance_scale) or None  # 0 = the model's own default
         result = run_sampler(
             "One-to-All", model, (vae,), model.progress_total(len(poses), int(steps)),
-            model.transformer_calls(len(poses), int(steps), image_guidance_scale, pose_guidance_scale, preset),
+            model.transformer_calls(len(poses), int(steps), image_guidance, pose_guidance_scale, preset),
             vae, embeds, reference["image"], poses, reference["pose"], reference.get("mask"),
-            resolution=resolution, steps=int(steps), image_guidance_scale=float(image_guidance_scale),
+            resolution=resolution, steps=int(steps), image_guidance_scale=image_guidance,
+            reference_max_short=int(reference_max_short) or None,
             pose_guidance_scale=float(pose_guidance_scale), seed=int(seed), preset=preset)
         return (result.frames, result.latent)
 
 
 NODE_CLASS_MAPPINGS = {
     "PoseAnimateOneToAllLoader": OneToAllLoader,
+    "PoseAnimateOneToAllTextEncode": OneToAllTextEncode,
     "PoseAnimateOneToAllPrepareReference": OneToAllPrepareReference,
     "PoseAnimateOneToAllSampler": OneToAllSampler,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "PoseAnimateOneToAllLoader": "Load One-to-All Animation Model (PoseAnimate)",
+    "PoseAnimateOneToAllTextEncode": "One-to-All Text Encode (PoseAnimate)",
     "PoseAnimateOneToAllPrepareReference": "One-to-All Prepare Reference (PoseAnimate)",
     "PoseAnimateOneToAllSampler": "One-to-All Animation Sampler (PoseAnimate)",
 }

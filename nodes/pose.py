@@ -6,7 +6,6 @@ Each node is argument plumbing around pose/; model files come from ComfyUI's
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 
@@ -54,6 +53,8 @@ class LoadPoseDetector:
 class DetectPoses:
     """IMAGE frames -> POSE_KEYPOINT (whole body, real scores kept), with progress and cancel.
 
+    People are tracked over the clip, so the person kept is the same one in every frame;
+    optional One-Euro smoothing per track (pose/tracking.py, pose/smoothing.py).
     A single image (the reference) is detected at most 2048 px on its long side, and once more
     at 640 px when nobody is found (pose/reference.py)."""
 
@@ -63,10 +64,14 @@ class DetectPoses:
             "required": {
                 "images": ("IMAGE",),
                 "detector": (DETECTOR_TYPE,),
-                "person": (["largest", "first", "all"], {"default": "largest", "tooltip": "Which person to keep when several are found"}),
+                "person": (["largest", "first", "all", "index"], {"default": "largest", "tooltip": "Which person to keep, by track over the whole clip: largest on average, first seen, all (ordered by track), or the track number person_index"}),
                 "missing_frames": (["hold_last", "empty"], {"default": "hold_last", "tooltip": "Frames with nobody: repeat the last pose, or leave empty"}),
                 "batch_size": ("INT", {"default": 8, "min": 1, "max": 256}),
-            }
+            },
+            "optional": {
+                "person_index": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Track number for person = index (tracks are numbered in order of first appearance, left to right)"}),
+                "smoothing": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "One-Euro filter over each track's keypoints: 0 = off, 1 = strongest (fast moves still follow)"}),
+            },
         }
 
     RETURN_TYPES = ("POSE_KEYPOINT",)
@@ -74,17 +79,33 @@ class DetectPoses:
     FUNCTION = "detect"
     CATEGORY = CATEGORY
 
-    def detect(self, images, detector, person="largest", missing_frames="hold_last", batch_size=8):
+    def detect(self, images, detector, person="largest", missing_frames="hold_last", batch_size=8, person_index=0,
+               smoothing=0.0):
         pixels = frames.to_uint8_rgb(images, "images")
+        choice = str(int(person_index)) if person == "index" else person
+        if is_blank_white(pixels):
+            host.notify("the images are (almost) all white, so no person can be found. A 16-bit PNG turns white in "
+                        "ComfyUI's Load Image: save it as an 8-bit PNG or a JPEG.")
         try:
             if len(pixels) == 1:  # a picture (the reference): capped size for huge photos, a smaller retry
-                found = [reference.detect_reference(detector, pixels[0], person)[0]]
+                found = [reference.detect_reference(detector, pixels[0], choice)[0]]
             else:
-                found = detect.detect_video(detector, pixels, person=person, missing=missing_frames,
-                                            callback=host.step_callback(len(pixels)), batch_size=batch_size)
+                found = detect.detect_video(detector, pixels, person=choice, missing=missing_frames,
+                                            callback=host.step_callback(len(pixels)), batch_size=batch_size,
+                                            smoothing=float(smoothing))
         finally:
             host.free_memory()
         return (keypoints.frames_to_pose_keypoint(found),)
+
+
+def is_blank_white(pixels: np.ndarray) -> bool:
+    """Mostly white with almost no mid-tones: what ComfyUI's Load Image makes of a 16-bit PNG
+    (every sample above 255 clips to white; only near-black survives)."""
+    if not pixels.size:
+        return False
+    sample = pixels[..., ::4, ::4, :]
+    mid = np.mean((sample > 8) & (sample < 247))
+    return bool(np.mean(sample >= 250) > 0.5 and mid < 0.02)
 
 
 class PrepareDrivingVideo:
@@ -114,16 +135,18 @@ class PrepareDrivingVideo:
                 "reference_image": ("IMAGE", {"tooltip": "The reference picture (its aspect is used by crop/pad/stretch)"}),
                 "reference_pose": ("POSE_KEYPOINT", {"tooltip": "The reference's detected pose: checked before the "
                                                                 "driving video is touched; its canvas gives the aspect"}),
+                "fps": ("FLOAT", {"forceInput": True, "tooltip": "The driving video's fps (Get Video Components); "
+                                                                  "the fps output divides it by select_every_nth"}),
             },
         }
 
-    RETURN_TYPES = ("IMAGE", "INT", "INT", "INT")
-    RETURN_NAMES = ("frames", "frame_count", "width", "height")
+    RETURN_TYPES = ("IMAGE", "INT", "INT", "INT", "FLOAT")
+    RETURN_NAMES = ("frames", "frame_count", "width", "height", "fps")
     FUNCTION = "prepare"
     CATEGORY = CATEGORY
 
     def prepare(self, images, select_every_nth=1, max_frames=0, skip_first_frames=0, short_side=0, fit="crop",
-                reference_image=None, reference_pose=None):
+                reference_image=None, reference_pose=None, fps=None):
         size = None
         if reference_pose is not None:
             parsed = keypoints.frames_from_pose_keypoint(reference_pose)
@@ -137,7 +160,7 @@ class PrepareDrivingVideo:
                 raise ValueError(f"reference_image must be an IMAGE batch (1, H, W, C), got shape {tuple(shape)}")
             size = (int(shape[2]), int(shape[1]))
         out = frames.prepare_driving_image(images, size, select_every_nth, max_frames, skip_first_frames, short_side, fit)
-        return (out, int(out.shape[0]), int(out.shape[2]), int(out.shape[1]))
+        return (out, int(out.shape[0]), int(out.shape[2]), int(out.shape[1]), frames.output_fps(fps, select_every_nth))
 
 
 class AlignPoses:
@@ -175,8 +198,14 @@ class AlignPoses:
         reference = keypoints.frames_from_pose_keypoint(reference_pose)[0]
         warps = mode == "one_to_all_pose"  # the only mode that reads the picture's pixels
         ref_img = frames.to_uint8_rgb(reference_image, "reference_image")[0] if warps and reference_image is not None else None
+        nobody = reference.num_people == 0 or not np.any(reference.people[:, :18, 2] > 0)
+        if nobody and mode != "none" and reference_image is not None and \
+                is_blank_white(frames.to_uint8_rgb(reference_image, "reference_image")[0]):
+            raise ValueError("the reference image is (almost) all white, so no person was found in it. A 16-bit PNG "
+                             "turns white in ComfyUI's Load Image: save the reference as an 8-bit PNG or a JPEG.")
         if not auto_anchor and anchor_frame >= len(driving):
-            raise ValueError(f"anchor_frame {anchor_frame} is past the last driving frame ({len(driving) - 1})")
+            raise ValueError(f"anchor_frame {anchor_frame} is past the last driving frame ({len(driving) - 1}); "
+                             f"use 0..{len(driving) - 1}")
         anchor = align.AUTO_ANCHOR if auto_anchor else anchor_frame
         result = align.align_poses(driving, reference, mode, ref_img, anchor, rescale=bool(rescale_limbs))
         if warps:
@@ -281,14 +310,9 @@ class SavePoseJSON:
 
     def save(self, poses, filename_prefix="PoseAnimate/poses"):
         parsed = keypoints.frames_from_pose_keypoint(poses)  # validates before writing
-        out_dir = host.output_directory()
-        prefix = filename_prefix.strip().lstrip("/\\") or "poses"
-        if ".." in prefix.replace("\\", "/").split("/"):
-            raise ValueError(f"filename_prefix {filename_prefix!r} must stay inside the output folder")
-        path = out_dir / f"{prefix}_{time.strftime('%Y%m%d-%H%M%S')}_{len(parsed):05d}f.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = host.new_output_file(filename_prefix, ".json")
         path.write_text(json.dumps(keypoints.frames_to_pose_keypoint(parsed)))
-        return {"ui": {"text": [str(path.relative_to(out_dir))]}, "result": ()}
+        return {"ui": {"text": [path.relative_to(host.output_directory()).as_posix()]}, "result": ()}
 
 
 class LoadPoseJSON:

@@ -15,6 +15,8 @@ rendered in the ``unianimate`` style (nodes/pose.py), and returns IMAGE frames a
 """
 from __future__ import annotations
 
+from ..models import lora_family
+from ..models.lora_family import check_lora_family, lora_keys
 from ..models.unianimate import pipeline
 from ..models.unianimate import windows as win
 from ..models.runtime import precision as wan_precision
@@ -79,6 +81,8 @@ class UniAnimateLoader:
         base = host.resolve_model("diffusion_models", base_model)
         unianimate = host.resolve_model("loras", unianimate_file)
         loras = chosen_loras(extra, EXTRA_LORAS)
+        for path, _ in loras:
+            check_lora_family(path.name, lora_keys(path), (lora_family.WAN,), "the UniAnimate loader's extra LoRA slots")
         transformer, pose_encoders = load_unianimate(base, unianimate, dtype=dtype, device="cpu", weight_dtype=weight_dtype,
                                                      lora_scale=float(unianimate_strength), merge=merge, extra_loras=loras)
         info = {"base": base_model, "unianimate": unianimate_file, "merged": merge, "loras": [str(p.name) for p, _ in loras]}
@@ -130,8 +134,11 @@ class UniAnimateSampler:
                 "pose_images": ("IMAGE", {"tooltip": "Driving poses aligned in 'unianimate' mode and drawn in the 'unianimate' style"}),
                 "reference_pose_image": ("IMAGE", {"tooltip": "The reference's own pose drawn in the 'unianimate' style"}),
                 "resolution": (list(pipeline.RESOLUTIONS), {"default": "480p",
-                                                            "tooltip": "480p: 480x832 area (the trained size), 720p: 720x1280 area, on the "
-                                                                       "reference's aspect, multiples of 16; reference: the reference's own size"}),
+                                                            "tooltip": "480p / 720p: the official size, 480x832 / 720x1280 portrait (480p is "
+                                                                       "the trained size; the reference is stretched to it, as official). "
+                                                                       "*_keep_aspect: the same pixel area on the reference's aspect; outside "
+                                                                       "the training distribution, expect weaker results. reference: the "
+                                                                       "reference's own size, capped at the 720p area"}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
                 "steps": ("INT", {"default": pipeline.DEFAULT_STEPS, "min": 1, "max": 100}),
                 "cfg": ("FLOAT", {"default": pipeline.DEFAULT_CFG, "min": 1.0, "max": 20.0, "step": 0.1,

@@ -128,6 +128,11 @@ class WanTextEncode:
 
     def encode(self, text_encoder, prompt, negative_prompt):
         host.check_interrupt()
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            count = text_encoder.token_count(value)
+            if count > text_encoder.max_length:
+                host.notify(f"{name} is {count} UMT5 tokens; Wan reads only the first {text_encoder.max_length}, so "
+                            f"the last {count - text_encoder.max_length} tokens are cut. Shorten {name} to keep all of it.")
         with released_on_error(text_encoder):
             embeds = text_encoder.encode_pair(prompt, negative_prompt)
         if text_encoder.placement.offload_after_use:

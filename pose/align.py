@@ -67,6 +67,10 @@ def _check_inputs(driving, reference, mode: str, anchor_frame: int) -> None:
     if reference.num_people == 0 or not located(reference.people[0][:18]).any():
         raise ValueError("the reference pose has no person: use a reference image where the character's body "
                          "is visible, or the 'none' alignment mode")
+    if not any(f.num_people and located(f.people[0][:18]).any() for f in driving):
+        raise ValueError(f"no person found in any of the {len(driving)} driving frames: the driving video must show a "
+                         "person whose body is visible (check the clip and its skip/max frame settings, or try another "
+                         "pose detector backend)")
     if isinstance(anchor_frame, str) and not anchor_frame.strip().lstrip("-").isdigit():
         raise ValueError(f"anchor_frame must be a frame index or '{AUTO_ANCHOR}', got {anchor_frame!r}")
     if not 0 <= int(anchor_frame) < len(driving):

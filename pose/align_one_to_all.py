@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from .keypoints import FACE, LEFT_HAND, RIGHT_HAND
+from .retarget_limits import clamp_ratio
 
 _LH = list(range(LEFT_HAND.start, LEFT_HAND.stop))
 _RH = list(range(RIGHT_HAND.start, RIGHT_HAND.stop))
@@ -201,6 +202,11 @@ def _retarget_params(src_person, ref_person, width, height, fallbacks):
         ratios[a] = ratios[b] = max(ratios[a], ratios[b])
     for a, b in ((13, 15), (14, 16)):
         ratios[a] = ratios[b] = (ratios[a] + ratios[b]) / 2
+    scale = float(np.median(ratios))  # framing guard (retarget_limits.py): limbs within 0.5..2x the body's scale
+    for i, r in enumerate(ratios):
+        ratios[i], clamped = clamp_ratio(r, scale)
+        if clamped:
+            fallbacks.append(f"limb{i}_clamped")
 
     src_px = src[:, :2] * (width, height)
     rescaled = _rebuild(src_px, src_ok, ratios)

@@ -23,12 +23,20 @@ visible children by a placeholder-derived offset. If only one of x_ratio / y_rat
 measured the other follows it with the same pixel scale (canvas aspects taken into account);
 if neither can, both are 1. Without a neck in the reference or the anchor frame, the final
 offset matches the centroid of the body points both have instead.
+
+Framing rules (pose/retarget_limits.py; they never act on well-framed inputs, so the official
+results stay bit for bit): the shoulder ratio may differ from the torso ratio by at most
+``GLOBAL_SPREAD`` in pixels (a side view otherwise gives giant shoulders), beyond it x takes
+the torso's pixel scale; a bone the reference does not show takes its mirror bone's ratio, else 1;
+every bone ratio is clamped to ``BONE_RATIO_RANGE``; driving points that are absent stay absent
+(a half-body clip gets no invented legs).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .keypoints import KEEP_THRESHOLD, LEFT_HAND, RIGHT_HAND, PoseFrame
+from .retarget_limits import BONE_RATIO_RANGE, clamp_global, clamp_ratio
 
 _LH = list(range(LEFT_HAND.start, LEFT_HAND.stop))
 _RH = list(range(RIGHT_HAND.start, RIGHT_HAND.stop))
@@ -82,6 +90,9 @@ def _global_ratios(ref: np.ndarray, anc: np.ndarray, ref_canvas, anc_canvas, fal
     if y_ratio is None:
         fallbacks.append("y_ratio")
         y_ratio = abs(x_ratio) * aspect
+    x_ratio, clamped = clamp_global(float(x_ratio), float(y_ratio) / aspect)
+    if clamped:
+        fallbacks.append("x_ratio_clamped")
     return float(x_ratio), float(y_ratio)
 
 
@@ -93,25 +104,50 @@ def _apply_bones(p: np.ndarray, vis: np.ndarray, ratios: dict[str, float]) -> No
         p[moved] += (p[parent] - p[child]) * (1.0 - ratios[name])
 
 
+MIRROR = {"shoulder2": "shoulder5", "arm3": "arm6", "arm4": "arm7", "head14": "head15", "head16": "head17",
+          "ll1": "rl1", "ll2": "rl2"}
+MIRROR.update({v: k for k, v in MIRROR.items()})
+
+
 def _measure_bones(p: np.ndarray, vis: np.ndarray, ref: np.ndarray, ref_vis: np.ndarray,
                    fallbacks: list[str]) -> dict[str, float]:
     """Bone ratios on the anchor frame, measured bone after bone on its current coordinates."""
     ratios = {}
     p = p.copy()
     for name, parent, child, moved in BONES:
-        ratio = 1.0
+        ratio = None
         if vis[parent] and vis[child] and ref_vis[parent] and ref_vis[child]:
             den = float(np.linalg.norm(p[parent] - p[child]))
             if den > 0:
                 ratio = float(np.linalg.norm(ref[parent, :2] - ref[child, :2])) / den
-            else:
-                fallbacks.append(name)
-        else:
-            fallbacks.append(name)
+        if ratio is None:  # not measurable: the mirror bone's ratio (measured before it, or measurable now), else 1
+            ratio = _mirror_ratio(name, p, vis, ref, ref_vis, ratios)
+            fallbacks.append(name if ratio is None else f"{name}=mirror")
+            ratio = 1.0 if ratio is None else ratio
+        ratio, clamped = clamp_ratio(ratio)
+        if clamped:
+            fallbacks.append(f"{name}_clamped")
         ratios[name] = ratio
         if vis[parent] and vis[child]:
             p[moved] += (p[parent] - p[child]) * (1.0 - ratio)
     return ratios
+
+
+def _mirror_ratio(name, p, vis, ref, ref_vis, ratios) -> float | None:
+    other = MIRROR.get(name)
+    if other is None:
+        return None
+    if other in ratios:
+        parent, child = next((b[1], b[2]) for b in BONES if b[0] == other)
+        if not (vis[parent] and vis[child] and ref_vis[parent] and ref_vis[child]):
+            return None  # the mirror bone fell back as well
+        return ratios[other]
+    parent, child = next((b[1], b[2]) for b in BONES if b[0] == other)
+    if vis[parent] and vis[child] and ref_vis[parent] and ref_vis[child]:
+        den = float(np.linalg.norm(p[parent] - p[child]))
+        if den > 0:
+            return float(np.linalg.norm(ref[parent, :2] - ref[child, :2])) / den
+    return None
 
 
 def _anchor_offset(ref: np.ndarray, anc_scaled: np.ndarray, ref_vis, anc_vis, fallbacks: list[str]) -> np.ndarray:

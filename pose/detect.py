@@ -12,7 +12,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from .keypoints import PoseFrame, select_person
+from .keypoints import PoseFrame
 
 BACKENDS = ("dwpose", "mediapipe")
 # Why there is no classic-OpenPose backend through controlnet-aux 0.0.10 (checked on its wheel):
@@ -76,16 +76,6 @@ def as_uint8_rgb(images) -> np.ndarray:
     return np.ascontiguousarray((np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8))
 
 
-def _choose(frame: PoseFrame, person: str) -> PoseFrame:
-    if person == "all":
-        return frame.copy()
-    if person.isdigit():  # an index that this frame does not have means nobody (then `missing` applies)
-        idx = int(person)
-        people = frame.people[idx : idx + 1] if idx < frame.num_people else frame.people[:0]
-        return PoseFrame(frame.width, frame.height, people.copy())
-    return select_person(frame, person)
-
-
 def _check_person(person: str) -> str:
     person = str(person).strip()
     if person in PERSON_CHOICES:
@@ -119,13 +109,20 @@ def fill_missing(frames: list[PoseFrame], missing: str = "hold_last") -> list[Po
 
 
 def detect_video(detector: PoseDetector, images, person: str = "largest", missing: str = "hold_last",
-                 callback: Callable[[int], None] | None = None, batch_size: int = 8) -> list[PoseFrame]:
+                 callback: Callable[[int], None] | None = None, batch_size: int = 8,
+                 smoothing: float = 0.0) -> list[PoseFrame]:
     """Detect poses in every frame, ``batch_size`` frames per backend call.
 
-    person: "largest" | "first" | "all" | an index as text; missing: "hold_last" | "empty";
+    People are linked into tracks over the clip (pose/tracking.py) and ``person`` picks a track:
+    "largest" (largest on average over the clip) | "first" (first seen) | "all" (ordered by
+    track) | a track index as text. ``smoothing`` in 0..1 runs the One-Euro filter of
+    pose/smoothing.py on each kept track (0 = off). missing: "hold_last" | "empty";
     callback(n) runs after each batch with the number of frames done in it (the node passes
     host.step_callback, which also raises on interrupt).
     """
+    from .smoothing import smooth_tracks
+    from .tracking import select_tracks, track_people
+
     person = _check_person(person)
     if missing not in MISSING_CHOICES:
         raise ValueError(f"missing must be one of {MISSING_CHOICES}, got {missing!r}")
@@ -140,9 +137,12 @@ def detect_video(detector: PoseDetector, images, person: str = "largest", missin
         found = detector.detect_batch(chunk)
         if len(found) != len(chunk):
             raise RuntimeError(f"pose backend {detector.name!r} returned {len(found)} frames for {len(chunk)} images")
-        out.extend(_choose(f, person) for f in found)
+        out.extend(found)
         if callback is not None:
             callback(len(chunk))
+    out, ids = select_tracks(out, track_people(out), person)
+    if smoothing:
+        out = smooth_tracks(out, ids, smoothing)
     return fill_missing(out, missing)
 
 

@@ -32,8 +32,22 @@ def select_indices(num_frames: int, every_nth: int = 1, max_frames: int = 0, ski
     if max_frames and max_frames > 0:
         idx = idx[:max_frames]
     if not idx:
-        raise FrameError(f"no frame left: {num_frames} frames, skip_first={skip_first}, every_nth={every_nth}")
+        if num_frames == 0:
+            raise FrameError("the driving video has 0 frames; upload a video that plays (at least one frame).")
+        raise FrameError(f"no frame left: the video has {num_frames} frames and skip_first_frames={skip_first} skips "
+                         f"them all; set skip_first_frames below {num_frames}.")
     return idx
+
+
+DEFAULT_FPS = 30.0  # what the official One-to-All scripts assume when a video reports no fps
+
+
+def output_fps(fps, every_nth: int = 1) -> float:
+    """The fps of a clip that keeps every n-th frame: ``fps / n`` (30 / n when the fps is unknown)."""
+    value = float(fps) if fps is not None else 0.0
+    if not np.isfinite(value) or value <= 0:
+        value = DEFAULT_FPS
+    return value / max(1, int(every_nth))
 
 
 def crop_box_for_aspect(width: int, height: int, target_w: int, target_h: int) -> tuple[int, int, int, int]:

@@ -287,7 +287,7 @@ def write_tiny_controlnet(path, seed: int = 4, diffusers_layout: bool = False) -
     return path
 
 
-# File names the example workflow (workflows/api/animatediff_v2v.json) picks.
+# File names the example workflows (workflows/api/animatediff_v2v.json, animatediff_v2v_pose.json) pick.
 CHECKPOINT_FILE = "sd15_anime.safetensors"
 MOTION_MODULE_FILE = "mm_sd_v15_v2.safetensors"
 CONTROLNET_FILE = "control_v11p_sd15_openpose.safetensors"

@@ -285,7 +285,12 @@ class ComfyServer:
                         raise ServerError(f"ComfyUI died while running {prompt_id}:\n{self.log_tail()}") from None
                     continue
                 if not isinstance(raw, str):
-                    continue  # binary frames are previews
+                    if raw[:4] == b"\x00\x00\x00\x03":  # ComfyUI's TEXT event (node id + text): keep it
+                        size = int.from_bytes(raw[4:8], "big")
+                        messages.append({"type": "progress_text", "data": {
+                            "node": raw[8:8 + size].decode(errors="replace"),
+                            "text": raw[8 + size:].decode(errors="replace")}})
+                    continue  # other binary frames are previews
                 msg = json.loads(raw)
                 data = msg.get("data", {})
                 if isinstance(data, dict) and data.get("prompt_id") not in (None, prompt_id):

@@ -317,8 +317,10 @@ def test_kohya_lora_merge_math_stacking_and_locon(files):
 
 
 def test_kohya_lora_errors(components):
-    with pytest.raises(AnimateDiffWeightsError, match="LoHa"):
-        apply_sd_loras(components, [({"lora_unet_x.hada_w1_a": torch.zeros(1)}, 1.0)])
+    with pytest.raises(AnimateDiffWeightsError, match="adapter type"):
+        apply_sd_loras(components, [({"lora_unet_x.oft_blocks": torch.zeros(1)}, 1.0)])
+    with pytest.raises(AnimateDiffWeightsError, match="lacks its 'w2b'"):
+        apply_sd_loras(components, [({f"lora_unet_conv_in.hada_{k}": torch.zeros(1, 1) for k in ("w1_a", "w1_b", "w2_a")}, 1.0)])
     with pytest.raises(AnimateDiffWeightsError, match="SD1.5"):
         apply_sd_loras(components, [({"lora_unet_input_blocks_99_x.lora_down.weight": torch.zeros(1, 1),
                                       "lora_unet_input_blocks_99_x.lora_up.weight": torch.zeros(1, 1)}, 1.0)])

@@ -20,11 +20,13 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
 
 from comfyui_server import ENABLE_HINT, PACK_NAME, comfyui_location
+from paths import api_twin
 from test_comfyui_harness import UI_WORKFLOWS, WORKFLOWS, _canonical
 from test_comfyui_harness import server, tiny_models  # noqa: F401  (fixtures)
 
@@ -223,13 +225,13 @@ def test_pack_nodes_registered_in_frontend(page):
 
 @pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=lambda p: p.stem)
 def test_ui_workflow_loads_in_browser(page, workflow, tmp_path):
-    probe = _load(page, f"/api/workflow_templates/{PACK_NAME}/{workflow.name}")
+    probe = _load(page, f"/api/workflow_templates/{PACK_NAME}/{urllib.parse.quote(workflow.name)}")
     shot = page.screenshot(tmp_path / f"{workflow.stem}.png")
     print(f"\n{workflow.stem}: {probe['loaded']} nodes loaded, screenshot {shot}")
     assert not _missing_report(probe), f"{workflow.name}: {_missing_report(probe)} (screenshot {shot})"
     assert probe["loaded"] == len(json.loads(workflow.read_text())["nodes"])
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    twin = json.loads((WORKFLOWS / "api" / workflow.name).read_text())
+    twin = json.loads(api_twin(workflow).read_text())
     got, want = _canonical(_js_numbers(probe["prompt"])), _canonical(_js_numbers(twin))
     short = lambda items: "\n  ".join(sig[:300] for sig in sorted(items.elements()))  # noqa: E731
     assert got == want, ("the frontend's graphToPrompt differs from the API twin:\n only in browser:\n  "

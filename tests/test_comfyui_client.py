@@ -107,6 +107,28 @@ def test_fill_animatediff_models_and_loras():
     assert set(err.value.fields) == {"base_model"} and "cardosAnime_v20.safetensors" in str(err.value)
 
 
+@pytest.mark.parametrize("path,kind", [("https://civitai.com/api/download/models/12345", "a URL"),
+                                       ("https://huggingface.co/x/y/resolve/main/anime.safetensors", "a URL"),
+                                       ("someone/anime-lora", "a Hugging Face hub name")])
+def test_remote_lora_path_says_which_file_to_put_where(path, kind):
+    """The hosted endpoint downloads loras[].path; the client never does and says what to do instead."""
+    options = {("PoseAnimateAnimateDiffLoader", "lora_1"): ["None", "style.safetensors"]}
+    req = {"video_url": _data_uri(MP4, "video/mp4"), "prompt": "x", "loras": [{"path": path, "scale": 0.7}]}
+    with pytest.raises(client.RequestError) as err:
+        client.fill_workflow(client.ENDPOINTS["animatediff-v2v"], _ad_workflow(), req, options_of=lambda c, i: options[(c, i)])
+    text = str(err.value)
+    assert set(err.value.fields) == {"loras[0].path"} and kind in text and "never downloads" in text
+    assert "ComfyUI/models/loras/" in text and (".safetensors" in text.split("as ", 1)[1])
+
+
+def test_working_size_and_frame_cap_fields():
+    wf = _ad_workflow()
+    wf["8"]["inputs"].update(short_side=512, max_frames=0)
+    req = {"video_url": _data_uri(MP4, "video/mp4"), "prompt": "x", "short_side": 384, "max_frames": 48}
+    filled = client.fill_workflow(client.ENDPOINTS["animatediff-v2v"], wf, req)
+    assert (filled.prompt["8"]["inputs"]["short_side"], filled.prompt["8"]["inputs"]["max_frames"]) == (384, 48)
+
+
 def test_random_seed_when_absent_and_bad_seed_named():
     endpoint = client.ENDPOINTS["animatediff-v2v"]
     req = {"video_url": _data_uri(MP4, "video/mp4"), "prompt": "x"}
@@ -124,6 +146,62 @@ def test_missing_required_fields_named():
         client.fill_workflow(client.ENDPOINTS["animatediff-v2v"], _ad_workflow(), {"negative_prompt": "x"})
     assert set(err.value.fields) == {"prompt", "video_url"}
     assert err.value.exit_code == 2
+
+
+def test_non_finite_numbers_named_and_empty_prompt_accepted():
+    endpoint = client.ENDPOINTS["animatediff-v2v"]
+    req = {"video_url": _data_uri(MP4, "video/mp4"), "prompt": "x"}
+    for bad, field in (({"guidance_scale": float("nan")}, "guidance_scale"),
+                       ({"loras": [{"path": "a", "scale": float("-inf")}]}, "loras[0].scale")):
+        with pytest.raises(client.RequestError) as err:
+            client.fill_workflow(endpoint, _ad_workflow(), {**req, **bad})
+        assert set(err.value.fields) == {field} and "finite" in str(err.value)
+    assert client.non_finite_numbers(client._read_request('{"a": [1, Infinity], "b": {"c": NaN}}')) .keys() == {"a[1]", "b.c"}
+    filled = client.fill_workflow(endpoint, _ad_workflow(), {**req, "prompt": ""})
+    assert filled.prompt["8"]["inputs"]["prompt"] == ""
+    with pytest.raises(client.RequestError):
+        client.fill_workflow(endpoint, _ad_workflow(), {**req, "video_url": ""})
+
+
+def test_loose_model_match_is_announced():
+    said = []
+    name = client.match_model_name("base_model", "SD15-Anime", ["sd15_anime.safetensors"], "checkpoints", said.append)
+    assert name == "sd15_anime.safetensors" and "using its file 'sd15_anime.safetensors'" in said[0]
+
+
+def test_png_bit_depth():
+    import zlib
+
+    ihdr = lambda depth: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (8).to_bytes(4, "big") * 2 + bytes([depth, 0, 0, 0, 0])  # noqa: E731
+    assert client.png_bit_depth(ihdr(16)) == 16 and client.png_bit_depth(ihdr(8)) == 8
+    assert client.png_bit_depth(b"\xff\xd8\xff" + bytes(40)) is None and zlib
+
+
+def test_failure_blames_the_field_the_message_is_about():
+    """A failure in Align Poses: a message about the driving clip names video_url, one about
+    the reference names image_url, one naming an input names that input's field."""
+    wf = json.loads(json.dumps(POSE_WORKFLOW))
+    filled = client.fill_workflow(client.ENDPOINTS["pose"], wf, {"image_url": _data_uri(PNG, "image/png"),
+                                                                 "video_url": _data_uri(MP4, "video/mp4"),
+                                                                 "anchor_frame": 0, "alignment": "unianimate"})
+    align = next(k for k, n in wf.items() if n["class_type"] == "PoseAnimateAlignPoses")
+    feeding = lambda text: client.fields_feeding(filled.prompt, filled.origin, align, text)  # noqa: E731
+    assert feeding("no person found in any of the 4 driving frames: use a clip with a visible person") == (("video_url",), False)
+    assert feeding("the reference pose has no person: use a reference image where the body is visible") == (("image_url",), False)
+    assert feeding("anchor_frame 9 is past the last driving frame (3); use 0..3") == (("anchor_frame",), True)
+    assert sorted(feeding("something broke")[0]) == ["alignment", "anchor_frame"]
+    render = next(k for k, n in wf.items() if n["class_type"] == "PoseAnimateRenderPoses")
+    fed, direct = client.fields_feeding(filled.prompt, filled.origin, render, "libx264 refuses odd sizes")
+    assert not direct and {"image_url", "video_url"} <= set(fed), fed  # every upstream field, not the first level
+
+
+def test_fixed_model_file_missing_names_the_folder():
+    wf = {"1": {"class_type": "PoseAnimateWanVAELoader", "inputs": {"vae_name": "gone.safetensors", "precision": "bf16"}}}
+    spec = {"vae_name": (["wan_2.1_vae.safetensors"], {"tooltip": "Wan2.1 VAE in models/vae"}),
+            "precision": (["bf16", "fp32"], {})}
+    with pytest.raises(client.ClientError, match=r"Put gone\.safetensors in ComfyUI/models/vae/"):
+        client.check_fixed_values(wf, {}, lambda cls, inp: spec.get(inp, (None, {})), "x.json")
+    client.check_fixed_values(wf, {("1", "vae_name"): "vae"}, lambda cls, inp: spec.get(inp, (None, {})), "x.json")
 
 
 def test_field_without_node_names_field():
@@ -535,3 +613,30 @@ def test_client_real_timeout_cancels_job(server, media, tmp_path):
     if entry is not None:  # it had started: recorded as interrupted (else it was dropped from the queue)
         kinds = [m[0] for m in entry["status"]["messages"]]
         assert "execution_interrupted" in kinds and "execution_success" not in kinds, kinds
+
+
+@needs_comfyui
+def test_client_animatediff_1080p_runs_at_working_size(server, tiny_models, tmp_path):
+    """A 1920x1080 phone-style clip through client.py: diffused and saved at 904x512 (short side 512,
+    aspect kept, 910 cropped to a multiple of 8), not at 1080p."""
+    import numpy as np
+
+    from poseanimate.pose import video_io
+
+    wf = json.loads((client.WORKFLOWS / client.ENDPOINTS["animatediff-v2v"].workflow).read_text())
+    if _absent_model_files(server, wf):
+        pytest.skip("no tiny weights for the AnimateDiff workflow on the test server")
+    yy, xx = np.mgrid[0:1080, 0:1920]
+    frames = [np.stack([(xx * 255 // 1919), (yy * 255 // 1079), np.full_like(xx, 40 * t)], -1).astype(np.uint8)
+              for t in range(4)]
+    clip = tmp_path / "phone_1080p.mp4"
+    video_io.write_mp4(clip, np.stack(frames), 12.0)
+    request = {"prompt": "a person dancing, anime", "video_url": str(clip), "num_inference_steps": 1,
+               "select_every_nth_frame": 1, "seed": 3}
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    code, out, err = _main("animatediff-v2v", tmp_path / "request.json", "--server", server.base, "--out",
+                           tmp_path / "result.json", "--timeout", "480")
+    assert code == 0, err + "\n--- ComfyUI log ---\n" + server.log_tail(3000)
+    result = json.loads((tmp_path / "result.json").read_text())
+    got = _probe_video((tmp_path / result["video"]["file_name"]).read_bytes())
+    assert (got["width"], got["height"], got["frames"]) == (904, 512, 4), got

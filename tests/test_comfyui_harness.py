@@ -16,8 +16,8 @@ Generic on purpose, so later workflows are picked up by dropping files in workfl
   temp models dir (one sub-folder per ComfyUI folder name, files named exactly as the
   workflows name them); every sub-folder is mapped in extra_model_paths.yaml;
 * expected video: frames = driving frames after PoseAnimatePrepareDrivingVideo's settings,
-  size = the reference's, fps = CreateVideo's (or the clip's when wired from
-  GetVideoComponents); a workflow that changes these states its own in the SaveVideo node's
+  size = the reference's, fps = CreateVideo's (the clip's when wired from GetVideoComponents,
+  divided by select_every_nth when wired from PoseAnimatePrepareDrivingVideo); a workflow that changes these states its own in the SaveVideo node's
   ``_meta.poseanimate_expect`` = {"frames": n, "width": w, "height": h, "fps": f}.
 
 The workflow-file checks at the end need no ComfyUI and always run.
@@ -37,12 +37,14 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from comfyui_server import ENABLE_HINT, PACK_NAME, ComfyServer, comfyui_location, convert_ui_workflow
+from paths import api_twin
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
@@ -189,6 +191,9 @@ def _expected_video(prompt: dict, save_id: str) -> dict:
                 expect["fps"] = float(fps)
             elif prompt[str(fps[0])]["class_type"] == "GetVideoComponents":
                 expect["fps"] = float(CLIP_FPS)  # the driving clip's own rate
+            elif prompt[str(fps[0])]["class_type"] == "PoseAnimatePrepareDrivingVideo":
+                nth = int(prompt[str(fps[0])]["inputs"].get("select_every_nth", 1))
+                expect["fps"] = float(CLIP_FPS) / nth  # the rate of the frames kept
     return expect
 
 
@@ -327,6 +332,7 @@ def test_every_node_registered_with_declared_inputs(server, object_info):
         info = object_info[node_id]
         declared = json.loads(json.dumps(cls.INPUT_TYPES()))
         dynamic = _folder_backed_inputs(cls)
+        hosted = set(getattr(cls, "HOST_DEPENDENT_INPUTS", ()))  # combos that list ComfyUI's own choices when hosted
         for section in ("required", "optional"):
             want, got = declared.get(section, {}), info["input"].get(section, {})
             if list(want) != list(got):
@@ -337,6 +343,10 @@ def test_every_node_registered_with_declared_inputs(server, object_info):
                     # folder-dependent combo: same kind, every file the tiny folders hold is offered
                     if not isinstance(got[name][0], list):
                         problems.append(f"{node_id}.{name}: expected a combo, got {got[name][0]!r}")
+                    continue
+                if name in hosted:
+                    if not (isinstance(got[name][0], list) and set(spec[0]) <= set(got[name][0])):
+                        problems.append(f"{node_id}.{name}: {got[name][0]} does not offer the built-in {spec[0]}")
                     continue
                 if got[name] != spec:
                     problems.append(f"{node_id}.{name}: {got[name]} != declared {spec}")
@@ -427,13 +437,39 @@ def test_workflow_templates_listed(server):
     assert sorted(listed.get(PACK_NAME, [])) == sorted(p.stem for p in UI_WORKFLOWS), listed
 
 
+@functools.lru_cache(maxsize=1)
+def _frontend_thumbnail_rule(python: str) -> tuple[str, str]:
+    """(URL template, image extension) the installed ComfyUI frontend uses for custom-node template
+    thumbnails, read from its own bundle (comfyui_frontend_package in ComfyUI's interpreter)."""
+    import subprocess
+
+    found = subprocess.run([python, "-c", "import comfyui_frontend_package as f, os; print(os.path.dirname(f.__file__))"],
+                           capture_output=True, text=True, timeout=60)
+    if found.returncode != 0:
+        pytest.skip(f"ComfyUI's interpreter has no comfyui_frontend_package: {found.stderr[-300:]}")
+    url = ext = None
+    for js in sorted(Path(found.stdout.strip(), "static", "assets").glob("*.js")):
+        text = js.read_text(errors="replace")
+        if "workflow_templates" not in text:
+            continue
+        url = url or re.search(r"apiURL\(\s*`(/workflow_templates/\$\{\w+\}/\$\{\w+\.name\})`", text)
+        ext = ext or re.search(r"name:\s*\w+,\s*mediaType:\s*\"image\",\s*mediaSubtype:\s*\"(\w+)\"", text)
+    assert url and ext, "cannot find how this frontend names custom-node template thumbnails; update this test"
+    return url.group(1), ext.group(1)
+
+
 @needs_comfyui
 @pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_template_served(server, workflow):
-    status, body = server.request("GET", f"/api/workflow_templates/{PACK_NAME}/{workflow.name}")
+    quoted = urllib.parse.quote(workflow.stem)
+    status, body = server.request("GET", f"/api/workflow_templates/{PACK_NAME}/{quoted}.json")
     assert status == 200 and json.loads(body) == json.loads(workflow.read_text())
-    status, body = server.request("GET", f"/api/workflow_templates/{PACK_NAME}/{workflow.stem}.png")
-    assert status == 200 and body[:8] == b"\x89PNG\r\n\x1a\n", f"{workflow.stem}.png not served"
+    # the thumbnail URL exactly as the frontend builds it: apiURL(`/workflow_templates/${module}/${name}`) + .ext
+    url, ext = _frontend_thumbnail_rule(str(server.python))
+    path = "/api" + re.sub(r"\$\{\w+\.name\}", quoted, re.sub(r"\$\{\w+\}", PACK_NAME, url, count=1)) + f".{ext}"
+    status, body = server.request("GET", path)
+    magic = {"jpg": b"\xff\xd8\xff", "jpeg": b"\xff\xd8\xff", "png": b"\x89PNG", "webp": b"RIFF"}.get(ext, b"")
+    assert status == 200 and body.startswith(magic), f"the frontend requests {path}: HTTP {status}, {body[:8]!r}"
 
 
 @needs_comfyui
@@ -472,7 +508,7 @@ def test_api_workflow_runs(server, uploaded, media, tiny_models, workflow):
 @needs_comfyui
 @pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=lambda p: p.stem)
 def test_ui_workflow_converts_to_api_twin(server, object_info, workflow):
-    twin = WORKFLOWS / "api" / workflow.name
+    twin = api_twin(workflow)
     assert twin.exists(), f"{workflow.name} has no API twin in workflows/api/"
     try:
         converted = convert_ui_workflow(json.loads(workflow.read_text()), object_info, server.python)
@@ -596,19 +632,20 @@ def test_dwpose_backend_runs_in_comfyui(server, uploaded):
 # --------------------------------------------------------------------------- workflow files (no ComfyUI)
 def test_workflow_files_exist():
     assert UI_WORKFLOWS, "no workflows/*.json"
-    assert {p.name for p in API_WORKFLOWS} == {p.name for p in UI_WORKFLOWS}, "UI and API workflows do not pair up"
+    assert set(API_WORKFLOWS) == {api_twin(p) for p in UI_WORKFLOWS}, "UI and API workflows do not pair up (tests/paths.py TEMPLATES)"
 
 
 @pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_has_twin_and_preview(workflow):
     from PIL import Image
 
-    assert (WORKFLOWS / "api" / workflow.name).exists(), f"{workflow.name}: no workflows/api/{workflow.name}"
-    preview = workflow.with_suffix(".png")
-    assert preview.exists(), f"{workflow.name}: no preview {preview.name} (the template browser's thumbnail)"
+    assert api_twin(workflow).exists(), f"{workflow.name}: no API twin {api_twin(workflow)}"
+    preview = workflow.with_suffix(".jpg")  # what the frontend requests (test_workflow_template_served)
+    assert preview.exists(), (f"{workflow.name}: no preview {preview.name} (the template browser's thumbnail; "
+                              "add the template to scripts/template_previews.py and run it)")
     assert preview.stat().st_size < 300_000, f"{preview.name} is large"
     with Image.open(preview) as img:
-        assert img.format == "PNG" and max(img.size) <= 1024, img.size
+        assert img.format == "JPEG" and max(img.size) <= 1024, img.size
 
 
 _WIDGET_TYPES = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}
@@ -668,7 +705,7 @@ def test_ui_workflow_links_consistent(workflow):
                 assert links[lid][1] == node["id"], f"node {node['id']}: link {lid} starts elsewhere"
         assert len(node["pos"]) == 2 and len(node["size"]) == 2
     _check_pack_widgets(wf)
-    api = json.loads((WORKFLOWS / "api" / workflow.name).read_text())
+    api = json.loads(api_twin(workflow).read_text())
     ui_classes = Counter(n["type"] for n in wf["nodes"] if n["type"] not in ("Note", "MarkdownNote", "Reroute", "PrimitiveNode"))
     assert ui_classes == Counter(n["class_type"] for n in api.values())
 
@@ -706,3 +743,53 @@ def test_readme_node_table_matches_pack():
     problems = _readme_mismatches(lambda n: json.loads(json.dumps(nodes[n].INPUT_TYPES())) if n in nodes else None)
     # folder-backed combos list the user's files, not fixed choices: the README may not enumerate them
     assert not problems, "\n".join(problems)
+
+
+# A loaded video grows its node: the frontend shows the clip below the widgets at the node's
+# width and the clip's aspect. Room is kept for a phone video (1080x2179, about 1:2) plus the
+# widgets, so the preview of an uploaded clip covers no other node.
+VIDEO_PREVIEW_ASPECT, VIDEO_WIDGETS_HEIGHT, TITLE_HEIGHT = 2.1, 110, 30
+
+
+def _node_box(node) -> tuple[float, float, float, float]:
+    (x, y), (w, h) = node["pos"], node["size"]
+    return x, y - TITLE_HEIGHT, x + w, y + h
+
+
+@pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_video_preview_covers_no_node(workflow):
+    wf = json.loads(workflow.read_text())
+    problems = []
+    for video in (n for n in wf["nodes"] if n["type"] == "LoadVideo"):
+        x0, y0, x1, _ = _node_box(video)
+        zone = (x0, y0, x1, video["pos"][1] + VIDEO_WIDGETS_HEIGHT + video["size"][0] * VIDEO_PREVIEW_ASPECT)
+        for other in wf["nodes"]:
+            if other is video:
+                continue
+            a0, b0, a1, b1 = _node_box(other)
+            if a0 < zone[2] and zone[0] < a1 and b0 < zone[3] and zone[1] < b1:
+                problems.append(f"node {other['id']} ({other['type']}) at {other['pos']} lies where the preview of a "
+                                f"portrait clip loaded in node {video['id']} grows (x {zone[0]}..{zone[2]}, "
+                                f"y up to {zone[3]:.0f})")
+    boxes = [(n, _node_box(n)) for n in wf["nodes"]]
+    for i, (a, (a0, b0, a1, b1)) in enumerate(boxes):
+        for b, (c0, d0, c1, d1) in boxes[i + 1:]:
+            if a0 < c1 and c0 < a1 and b0 < d1 and d0 < b1:
+                problems.append(f"nodes {a['id']} ({a['type']}) and {b['id']} ({b['type']}) overlap")
+    assert not problems, "\n".join(problems)
+
+
+@needs_comfyui
+@pytest.mark.parametrize("sampler,scheduler", [("dpmpp_2m_sde", "karras"), ("uni_pc", "beta")])
+def test_animatediff_runs_comfyui_samplers(server, uploaded, media, tiny_models, sampler, scheduler):
+    """Inside ComfyUI the AnimateDiff sampler offers ComfyUI's samplers/schedulers and runs them
+    (through nodes/host.py); the progress bar ends exactly at its total (VAE batches + steps)."""
+    wf = json.loads((WORKFLOWS / "api" / "animatediff_v2v.json").read_text())
+    driving = server.upload(media / "poseanimate_driving.mp4", f"poseanimate_driving_ad_{sampler}.mp4")
+    prompt = _with_inputs(wf, uploaded["reference"], driving)
+    prompt["8"]["inputs"].update(sampler_name=sampler, scheduler=scheduler, steps=2)
+    result = server.run(prompt, timeout=480)
+    assert result.status == "success", f"{sampler}: {result.error_text()}" + _fail_context(server, tiny_models)
+    progress = [e for e in result.events("progress") if str(e.get("node")) == "8"]
+    assert progress and progress[-1]["value"] == progress[-1]["max"] == 1 + 2 + 1, progress
+    assert [e["value"] for e in progress] == sorted(e["value"] for e in progress)

@@ -161,14 +161,20 @@ def test_unianimate_anchor_frame_uses_that_frame(uni_golden):
     np.testing.assert_allclose(b.frames[0].people, a.frames[1].people, atol=1e-6)
 
 
-def test_unianimate_missing_joint_falls_back_to_ratio_one(uni_golden):
+def test_unianimate_missing_joint_falls_back_to_the_mirror_bone(uni_golden):
     ref, drv = _uni_inputs(uni_golden, "dict")
     broken = drv[0].people[0].copy()
-    broken[3] = [-1, -1, 0]  # right elbow lost in the anchor frame
+    broken[3] = [-1, -1, 0]  # right elbow lost in the anchor frame: the left arm's ratios stand in
     frames = [frame(broken, drv[0].width, drv[0].height)] + drv[1:]
     result = align.align_poses(frames, ref, "unianimate")
-    assert result.info["ratios"]["arm3_ratio"] == 1.0 and result.info["ratios"]["arm4_ratio"] == 1.0
-    assert {"arm3", "arm4"} <= set(result.info["fallbacks"])
+    ratios = result.info["ratios"]
+    assert ratios["arm3_ratio"] == ratios["arm6_ratio"] and ratios["arm4_ratio"] == ratios["arm7_ratio"]
+    assert {"arm3=mirror", "arm4=mirror"} <= set(result.info["fallbacks"])
+    both = broken.copy()
+    both[6] = [-1, -1, 0]  # both elbows lost: ratio 1 (the driving's own proportions)
+    result2 = align.align_poses([frame(both, drv[0].width, drv[0].height)] + drv[1:], ref, "unianimate")
+    assert result2.info["ratios"]["arm3_ratio"] == 1.0 and result2.info["ratios"]["arm6_ratio"] == 1.0
+    assert {"arm3", "arm6"} <= set(result2.info["fallbacks"])
     assert all(np.isfinite(f.people).all() for f in result.frames)
     # The visible right wrist of frame 0 is not thrown around by the (-1, -1) placeholder.
     good = align.align_poses(drv, ref, "unianimate")
@@ -383,7 +389,8 @@ def test_missing_points_never_crash_or_nan(ota_golden, mode):
     if mode == "one_to_all_ref":  # elbow and knee limbs take the mean shoulder ratio, as officially
         assert {"limb2=shoulder_mean", "limb3=shoulder_mean", "limb7=shoulder_mean"} <= set(result.info["fallbacks"])
     if mode == "unianimate":
-        assert {"arm3", "arm4", "ll1", "ll2", "head15", "rl1"} <= set(result.info["fallbacks"])
+        # an arm / eye bone takes its mirror's ratio; the knees are lost on both sides (ratio 1)
+        assert {"arm3=mirror", "arm4=mirror", "ll1", "ll2", "head15=mirror", "rl1"} <= set(result.info["fallbacks"])
     assert (np.abs(out[located(out), :2]) < 3).all()
 
 

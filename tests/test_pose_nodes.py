@@ -62,7 +62,7 @@ def test_graph_end_to_end_with_the_embedded_detector(detector, media):
     # a reference of another size and aspect than the driving clip, with an alpha channel
     ref = torch.cat([torch.nn.functional.interpolate(ref.permute(0, 3, 1, 2), size=(448, 320)).permute(0, 2, 3, 1),
                      torch.ones(1, 448, 320, 1)], dim=-1)
-    frames, count, width, height = call("PoseAnimatePrepareDrivingVideo", images=clip, select_every_nth=2, max_frames=0,
+    frames, count, width, height, _fps = call("PoseAnimatePrepareDrivingVideo", images=clip, select_every_nth=2, max_frames=0,
                                         skip_first_frames=0, short_side=0, fit="crop", reference_image=ref)
     # the clip's own pixels cropped to the reference's 5:7 aspect (512x512 -> 366x512, made even), not upsized
     assert (count, width, height) == (3, 366, 512) and frames.shape == (3, 512, 366, 3)
@@ -129,6 +129,12 @@ def test_save_and_load_pose_json(tmp_path, monkeypatch):
         pose_nodes.LoadPoseJSON().load(file="../../etc/passwd")
     with pytest.raises(ValueError, match="output folder"):
         call("PoseAnimateSavePoseJSON", poses=data, filename_prefix="../escape")
+    again = call("PoseAnimateSavePoseJSON", poses=data, filename_prefix="run/poses")["ui"]["text"][0]
+    assert again != ui["ui"]["text"][0] and written.is_file(), "a second save with one prefix overwrote the first"
+    assert [p.name for p in sorted((tmp_path / "out" / "run").iterdir())] == ["poses_00001_.json", "poses_00002_.json"]
+    with pytest.raises(ValueError, match="absolute path"):
+        call("PoseAnimateSavePoseJSON", poses=data, filename_prefix=str(tmp_path / "abs" / "poses"))
+    assert not (tmp_path / "abs").exists()
 
 
 def test_missing_dwpose_files_name_the_folder(models_dir):

@@ -198,13 +198,22 @@ def test_interrupt_stops_at_the_next_step(tiny_model):
 
 # --------------------------------------------------------------------------- preprocessing
 def test_sizes_and_frame_padding():
-    assert pl.output_size(480, 832, "480p") == (480, 832)
-    assert pl.output_size(720, 1280, "480p") == (480, 832)  # 9:16 is within the snap
-    assert pl.output_size(1280, 720, "720p") == (1280, 720)
-    w, h = pl.output_size(1000, 1000, "480p")
+    # default: the official scripts' fixed portrait size (height 832 / 1280, width 480 / 720), any reference
+    for ref in ((480, 832), (1000, 1000), (1920, 1080), (256, 320)):
+        assert pl.output_size(*ref, "480p") == (480, 832) and pl.output_size(*ref, "720p") == (720, 1280)
+    # keep-aspect option: the official area on the reference's aspect
+    assert pl.output_size(720, 1280, "480p_keep_aspect") == (480, 832)  # 9:16 is within the snap
+    assert pl.output_size(1280, 720, "720p_keep_aspect") == (1280, 720)
+    w, h = pl.output_size(1000, 1000, "480p_keep_aspect")
     assert w == h and w % 16 == 0 and abs(w * h - 480 * 832) / (480 * 832) < 0.05
-    w, h = pl.output_size(256, 320, "480p")
+    w, h = pl.output_size(256, 320, "480p_keep_aspect")
     assert w % 16 == 0 and h % 16 == 0 and abs(w / h - 0.8) < 0.03
+    # 'reference': the reference's size rounded up to 16, capped at the 720p pixel count
+    assert pl.output_size(250, 330, "reference") == (256, 336)
+    for ref in ((3024, 4032), (1080, 1920), (4000, 500)):
+        w, h = pl.output_size(*ref, "reference")
+        assert w * h <= 720 * 1280 and w % 16 == 0 and h % 16 == 0 and abs(w / h / (ref[0] / ref[1]) - 1) < 0.08
+    assert pl.output_size(720, 1280, "reference") == (720, 1280)
     with pytest.raises(pl.UniAnimateInputError, match="480p"):
         pl.output_size(10, 10, "1080p")
     assert pl.check_size(50, 66) == (64, 80)
@@ -359,3 +368,15 @@ def test_model_is_offloaded_after_a_run():
                               torch.float32, "cpu", "meta", RuntimeOptions(offload_after_run=False))
     kept.release()
     assert {p.device.type for p in kept.transformer.parameters()} == {"cpu"}
+
+
+def test_sampler_resolution_choices_and_tooltip():
+    """The official size is the default; the keep-aspect options say they leave the training distribution."""
+    from poseanimate.nodes import unianimate as ua_nodes
+
+    for node in (ua_nodes.UniAnimateSampler, ua_nodes.WanCLIPVisionEncode):
+        choices, options = node.INPUT_TYPES()["required"]["resolution"]
+        assert choices == list(pl.RESOLUTIONS) and options["default"] == "480p"
+    tooltip = ua_nodes.UniAnimateSampler.INPUT_TYPES()["required"]["resolution"][1]["tooltip"]
+    assert "480x832" in tooltip and "keep_aspect" in tooltip and "outside the training distribution" in tooltip
+    assert {"480p_keep_aspect", "720p_keep_aspect", "reference"} <= set(pl.RESOLUTIONS)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import unianimate_tiny
+from paths import ui_workflow
 from workflow_executor import widget_names
 from poseanimate.headless.executor import Executor
 from poseanimate.models.unianimate import pipeline as pl
@@ -22,7 +23,7 @@ from poseanimate.nodes import wan as wan_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 API = json.loads((ROOT / "workflows" / "api" / "unianimate.json").read_text())
-UI = json.loads((ROOT / "workflows" / "unianimate.json").read_text())
+UI = json.loads(ui_workflow("unianimate").read_text())
 CLASSES = {**pose_nodes.NODE_CLASS_MAPPINGS, **wan_nodes.NODE_CLASS_MAPPINGS, **ua_nodes.NODE_CLASS_MAPPINGS}
 CORE_WIDGETS = {"LoadImage": ["image"], "LoadVideo": ["file"], "GetVideoComponents": [], "CreateVideo": ["fps"],
                 "SaveVideo": ["filename_prefix", "format", "codec"]}
@@ -128,7 +129,7 @@ def test_ui_matches_api_twin():
         for k, v in zip(names, values):
             if k is not None and not isinstance(api["inputs"].get(k), list):
                 assert api["inputs"][k] == v, (nid, k)
-    assert (ROOT / "workflows" / "unianimate.png").is_file()
+    assert ui_workflow("unianimate").with_suffix(".jpg").is_file()
 
 
 def test_defaults_follow_the_hosted_endpoint():

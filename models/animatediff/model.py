@@ -5,7 +5,8 @@ models; this object adds what every family's model object has: ``prepare`` place
 text encoder and ControlNet in the loader's precision and the VAE in its own (the placement
 step), ``sample`` runs a video through the pipeline into the runtime's ``SampleResult``,
 ``release`` gives the memory back, ``progress_total`` / ``transformer_calls`` count steps and
-UNet calls. Block swap and the Wan attention backends do not apply to the SD1.5 UNet.
+UNet calls; the attention step puts the runtime's backend (SDPA, flash-attn, SageAttention) on
+the UNet's and ControlNet's attention. Block swap does not apply to the SD1.5 UNet.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..runtime.attention import install_diffusers_attention
 from ..runtime.lifecycle import RuntimeModel, RuntimeOptions, SampleResult
 from . import context_windows as cw
 from .pipeline import AnimateDiffV2V, V2VSettings
@@ -50,6 +52,14 @@ class AnimateDiffModel(RuntimeModel):
     def precision(self) -> str:
         return self.pipeline.precision
 
+    def install_attention(self, backend: str) -> None:
+        """The SD1.5 UNet's and ControlNet's spatial attention on the runtime backend (the motion
+        module's temporal attention spans at most 32 frames and stays on SDPA)."""
+        resolved = None
+        for module in (self.pipeline.unet, self.pipeline.controlnet):
+            if module is not None:
+                resolved = install_diffusers_attention(module, resolved or backend)
+
     def place(self, device: torch.device) -> None:
         dtype, vae_dtype = dtypes_for(self.pipeline.precision, device)
         self.pipeline.to(device, dtype, vae_dtype)
@@ -57,22 +67,31 @@ class AnimateDiffModel(RuntimeModel):
     def offload(self) -> None:
         self.pipeline.to(self.offload_device)
 
-    def progress_total(self, settings: V2VSettings) -> int:
-        return int(settings.steps)
+    def progress_total(self, settings: V2VSettings, num_frames: int | None = None) -> int:
+        """Progress units of a run (VAE encode batches + steps + decode batches); steps alone when
+        the frame count is not known yet."""
+        if num_frames is None:
+            return int(settings.steps)
+        return self.pipeline.progress_total(num_frames, settings)
 
     def transformer_calls(self, num_frames: int, settings: V2VSettings) -> int:
         """UNet window evaluations of a run with a one-evaluation-per-step sampler (euler, dpmpp_2m,
-        ...): steps x context windows (cond and uncond run batched in each)."""
+        ...): steps x context windows (cond and uncond run batched in each; cfg 1 runs cond only)."""
         picked = len(range(0, num_frames, settings.select_every_nth_frame))
-        return int(settings.steps) * len(cw.get_windows(picked, settings.context, 0))
+        if settings.max_frames:
+            picked = min(picked, settings.max_frames)
+        return int(settings.steps) * len(cw.get_windows(picked, self.pipeline._context_for(picked, settings), 0))
 
     def sample(self, frames: torch.Tensor, settings: V2VSettings, pose_frames=None, callback=None,
-               interrupt=None) -> SampleResult:
-        """The pipeline between ``prepare`` and ``release``, as the runtime's one result type."""
+               interrupt=None, sampling=None) -> SampleResult:
+        """The pipeline between ``prepare`` and ``release``, as the runtime's one result type.
+        ``sampling``: ComfyUI's samplers when hosted (nodes/host.py), the built-in set when None."""
         with self.running():
-            result = self.pipeline(frames, settings, pose_frames=pose_frames, callback=callback, interrupt=interrupt)
+            result = self.pipeline(frames, settings, pose_frames=pose_frames, callback=callback, interrupt=interrupt,
+                                   sampling=sampling)
         return SampleResult(result.frames, None, result.seed, result.fps,
-                            info={"generated_frames": result.generated_frames})
+                            info={"generated_frames": result.generated_frames, "size": result.size,
+                                  "unet_calls": result.unet_calls})
 
 
 __all__ = ["AnimateDiffModel", "PRECISIONS", "dtypes_for"]

@@ -7,8 +7,13 @@ discrete-sigma model sampling, its ``normal``/``karras``/``simple`` schedulers, 
 img2img ``denoise`` semantics (``steps`` are always run, over the last ``steps+1``
 sigmas of ``int(steps/denoise)``) and the k-diffusion update rules.
 
-A sampler is ``fn(model, x, sigmas, callback, generator) -> x`` where
-``model(x, sigma, step) -> denoised`` and ``callback(step)`` runs after each step.
+A sampler is ``fn(model, x, sigmas, callback=None, seed=None) -> x`` where
+``model(x, sigma) -> denoised`` and ``callback(i)`` runs after step ``i`` (an index, as
+k-diffusion's callbacks get it). Latents are in ComfyUI's video layout ``[F, C, h, w]`` and
+the ancestral/LCM noise is drawn as ComfyUI's ``default_noise_sampler`` draws it (a generator
+on ``x``'s device seeded with the job's seed, ``randn(x.size())`` per step), so a seed gives
+ComfyUI's noise. Inside ComfyUI every sampler and scheduler it offers runs through
+``nodes/host.py`` instead; these are the built-in set for runs without ComfyUI.
 """
 from __future__ import annotations
 
@@ -117,9 +122,20 @@ class DiscreteSchedule:
         c_out = t / (t**2 + 0.25) ** 0.5
         return c_out * x0 + c_skip * x
 
-    def noise_scaling(self, sigma: torch.Tensor, noise: torch.Tensor, latent: torch.Tensor, max_denoise: bool) -> torch.Tensor:
+    def noise_scaling(self, sigma: torch.Tensor, noise: torch.Tensor, latent: torch.Tensor, max_denoise: bool = False) -> torch.Tensor:
         scale = torch.sqrt(1.0 + sigma**2) if max_denoise else sigma
         return noise * scale + latent
+
+    def inverse_noise_scaling(self, sigma: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        return latent  # eps prediction: nothing to undo (ComfyUI's EPS)
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """ComfyUI's ``ModelSamplingDiscrete.percent_to_sigma`` (ControlNet start/end percent)."""
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        return float(self.sigma(torch.tensor((1.0 - percent) * 999.0)))
 
 
 def _normal(s: DiscreteSchedule, steps: int) -> torch.Tensor:
@@ -145,21 +161,36 @@ def _simple(s: DiscreteSchedule, steps: int) -> torch.Tensor:
     return torch.FloatTensor([float(s.sigmas[-(1 + int(x * stride))]) for x in range(steps)] + [0.0])
 
 
-def get_sigmas(schedule: DiscreteSchedule, scheduler: str, steps: int, denoise: float = 1.0) -> torch.Tensor:
-    """Sigmas for ``steps`` steps; with denoise < 1 the tail of a longer schedule (ComfyUI KSampler)."""
+# ComfyUI's KSampler runs these on one more sigma and drops the next-to-last one.
+DISCARD_PENULTIMATE_SIGMA_SAMPLERS = frozenset(("dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"))
+
+
+def get_sigmas(schedule: DiscreteSchedule, scheduler: str, steps: int, denoise: float = 1.0,
+               calculate: Callable | None = None, sampler: str = "") -> torch.Tensor:
+    """Sigmas for ``steps`` steps; with denoise < 1 the tail of a longer schedule (ComfyUI KSampler).
+
+    ``calculate(schedule, scheduler, n)`` gives the full n-step schedule (ComfyUI's
+    ``calculate_sigmas`` when hosted; the built-in normal/karras/simple otherwise).
+    """
     fns = {"normal": _normal, "karras": _karras, "simple": _simple}
-    if scheduler not in fns:
-        raise ValueError(f"Unknown scheduler {scheduler!r}; use one of {', '.join(SCHEDULERS)}.")
+    if calculate is None:
+        if scheduler not in fns:
+            raise ValueError(f"Unknown scheduler {scheduler!r}; use one of {', '.join(SCHEDULERS)}.")
+        calculate = lambda sched, name, n: fns[name](sched, n)  # noqa: E731
+    discard = sampler in DISCARD_PENULTIMATE_SIGMA_SAMPLERS
+
+    def full(n: int) -> torch.Tensor:
+        sig = calculate(schedule, scheduler, n + 1 if discard else n)
+        return torch.cat([sig[:-2], sig[-1:]]) if discard else sig
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}.")
     if not 0.0 <= denoise <= 1.0:
         raise ValueError(f"denoise must be in 0..1, got {denoise}.")
     if denoise > 0.9999:
-        return fns[scheduler](schedule, steps)
+        return full(steps)
     if denoise <= 0.0:
         return torch.FloatTensor([])
-    full = fns[scheduler](schedule, int(steps / denoise))
-    return full[-(steps + 1) :]
+    return full(int(steps / denoise))[-(steps + 1) :]
 
 
 def is_max_denoise(schedule: DiscreteSchedule, sigmas: torch.Tensor) -> bool:
@@ -167,14 +198,18 @@ def is_max_denoise(schedule: DiscreteSchedule, sigmas: torch.Tensor) -> bool:
     return math.isclose(max_sigma, sigma, rel_tol=1e-5) or sigma > max_sigma
 
 
-def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """CPU-generated noise (identical on every device for a seed)."""
-    return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+def noise_sampler(x: torch.Tensor, seed: int | None):
+    """ComfyUI's ``default_noise_sampler``: one generator on x's device, ``randn(x.size())`` per call."""
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=x.device)
+        gen.manual_seed(int(seed))
+    return lambda: torch.randn(x.size(), dtype=x.dtype, layout=x.layout, device=x.device, generator=gen)
 
 
-def sample_euler(model, x, sigmas, callback=None, generator=None):
+def sample_euler(model, x, sigmas, callback=None, seed=None):
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i], i)
+        denoised = model(x, sigmas[i])
         d = (x - denoised) / sigmas[i]
         x = x + d * (sigmas[i + 1] - sigmas[i])
         if callback is not None:
@@ -191,25 +226,26 @@ def ancestral_step(sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float 
     return down, up
 
 
-def sample_euler_ancestral(model, x, sigmas, callback=None, generator=None, eta: float = 1.0):
+def sample_euler_ancestral(model, x, sigmas, callback=None, seed=None, eta: float = 1.0):
+    noise = noise_sampler(x, seed)
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i], i)
+        denoised = model(x, sigmas[i])
         down, up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         if float(down) == 0.0:
             x = denoised
         else:
             d = (x - denoised) / sigmas[i]
-            x = x + d * (down - sigmas[i]) + _noise_like(x, generator) * up
+            x = x + d * (down - sigmas[i]) + noise() * up
         if callback is not None:
             callback(i)
     return x
 
 
-def sample_dpmpp_2m(model, x, sigmas, callback=None, generator=None):
+def sample_dpmpp_2m(model, x, sigmas, callback=None, seed=None):
     """DPM-Solver++(2M): second-order multistep in log-sigma time."""
     old = None
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i], i)
+        denoised = model(x, sigmas[i])
         t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()
         h = t_next - t
         ratio = sigmas[i + 1] / sigmas[i]
@@ -226,12 +262,13 @@ def sample_dpmpp_2m(model, x, sigmas, callback=None, generator=None):
 
 
 def make_sample_lcm(schedule: DiscreteSchedule):
-    def sample_lcm(model, x, sigmas, callback=None, generator=None):
+    def sample_lcm(model, x, sigmas, callback=None, seed=None):
         """Consistency sampling: jump to x0, re-noise to the next sigma."""
+        noise = noise_sampler(x, seed)
         for i in range(len(sigmas) - 1):
-            x = model(x, sigmas[i], i)
+            x = model(x, sigmas[i])
             if float(sigmas[i + 1]) > 0:
-                x = schedule.noise_scaling(sigmas[i + 1], _noise_like(x, generator), x, max_denoise=False)
+                x = schedule.noise_scaling(sigmas[i + 1], noise(), x, max_denoise=False)
             if callback is not None:
                 callback(i)
         return x
@@ -249,16 +286,3 @@ def get_sampler(name: str, schedule: DiscreteSchedule) -> Callable:
     if name == "lcm":
         return make_sample_lcm(schedule)
     raise ValueError(f"Unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}.")
-
-
-def eps_denoiser(schedule: DiscreteSchedule, eps_fn: Callable) -> Callable:
-    """Wrap ``eps_fn(x_scaled, timestep, step) -> eps`` as ``model(x, sigma, step) -> denoised``."""
-
-    def model(x: torch.Tensor, sigma: torch.Tensor, step: int) -> torch.Tensor:
-        sigma = sigma.to(x.device, torch.float32)
-        c_in = 1.0 / torch.sqrt(sigma**2 + 1.0)
-        t = schedule.timestep(sigma.reshape(1).cpu()).float()
-        eps = eps_fn((x * c_in).to(x.dtype), t, step)
-        return schedule.denoised(x.float(), sigma, eps.float()).to(x.dtype)
-
-    return model

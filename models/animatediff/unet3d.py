@@ -59,6 +59,7 @@ class AnimatedUNet(nn.Module):
         super().__init__()
         self.unet = unet
         self.motion = motion
+        self.interrupt_hook = None  # called between blocks (ComfyUI's interrupt check) while sampling
         self._unet_gn_across = unet_groupnorm_across_frames
         if motion is not None:
             self._check_layout()
@@ -101,6 +102,10 @@ class AnimatedUNet(nn.Module):
     @property
     def max_frames(self) -> int | None:
         return None if self.motion is None else self.motion.max_frames
+
+    def _check(self) -> None:
+        if self.interrupt_hook is not None:
+            self.interrupt_hook()
 
     def _mm(self, block, j: int, h: torch.Tensor, frames: int) -> torch.Tensor:
         if block is None:
@@ -151,6 +156,7 @@ class AnimatedUNet(nn.Module):
         h = unet.conv_in(sample)
         res_samples = [h]
         for i, block in enumerate(unet.down_blocks):
+            self._check()
             mblock = None if motion is None else motion.down_blocks[i]
             attns = getattr(block, "attentions", None) if getattr(block, "has_cross_attention", False) else None
             for j, resnet in enumerate(block.resnets):
@@ -169,6 +175,7 @@ class AnimatedUNet(nn.Module):
                 raise ValueError(f"got {len(down_res_add)} ControlNet down residuals, the UNet has {len(res_samples)}")
             res_samples = [r + a.to(r.dtype) for r, a in zip(res_samples, down_res_add)]
 
+        self._check()
         mid = unet.mid_block
         h = mid.resnets[0](h, emb)
         for j, (attn, resnet) in enumerate(zip(mid.attentions, mid.resnets[1:])):
@@ -180,6 +187,7 @@ class AnimatedUNet(nn.Module):
             h = h + mid_res_add.to(h.dtype)
 
         for i, block in enumerate(unet.up_blocks):
+            self._check()
             mblock = None if motion is None else motion.up_blocks[i]
             n = len(block.resnets)
             skips, res_samples = res_samples[-n:], res_samples[:-n]

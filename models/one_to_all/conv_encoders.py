@@ -14,7 +14,9 @@ here (``conv_in``, ``down_blocks.N.resnets.M.{norm1,conv1,norm2,conv2}``,
   that turns the 32-channel reference+mask latent into the 16-channel prefix latent frame.
 
 GroupNorm is computed in float32 whatever the weights' dtype (loaders keep ``norm1``/``norm2``
-weights in float32, as diffusers does for Wan); convolutions run in the input's dtype.
+weights in float32, as diffusers does for Wan); convolutions run in the input's dtype. Videos
+longer than ``PoseHintEncoder.chunk_frames`` are encoded a few frames at a time with the same
+result (models/one_to_all/hint_stream.py), so full-resolution activations never exist whole.
 """
 from __future__ import annotations
 
@@ -111,9 +113,15 @@ class PoseHintEncoder(nn.Module):
         self.down_blocks = nn.ModuleList(blocks)
         self.conv_out = CausalConv3d(prev, out_channels, 3)
 
+    chunk_frames = 8  # input frames per chunk of the streamed pass; 0 = the whole video at once
+
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         if video.ndim != 5:
             raise ValueError(f"pose hint encoder needs a [B, 3, F, H, W] video, got shape {tuple(video.shape)}")
+        if self.chunk_frames and video.shape[2] > self.chunk_frames:
+            from .hint_stream import streamed_forward
+
+            return streamed_forward(self, video, int(self.chunk_frames))
         x = self.conv_in(video.to(self.conv_in.conv.weight.dtype))
         for block in self.down_blocks:
             x = block(x)

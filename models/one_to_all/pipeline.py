@@ -48,6 +48,14 @@ REFERENCE_MAX_SHORT = 576
 MIN_STEPS, MAX_STEPS = 2, 30
 MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 10.0
 DEFAULTS = {"resolution": "480p", "steps": 30, "image_guidance_scale": 2.0, "pose_guidance_scale": 1.5}
+# What the released scripts use per model size (``inference_14b.py``: max_short 576, guidance
+# (2.0, 1.5) as the hosted endpoint; ``inference_1.3b.py``: max_short 384, guidance (2.5, 1.5)).
+# A value the caller leaves as None takes the loaded model's entry.
+MODEL_DEFAULTS = {
+    "14b": {"image_guidance_scale": 2.0, "reference_max_short": REFERENCE_MAX_SHORT},
+    "1.3b": {"image_guidance_scale": 2.5, "reference_max_short": 384},
+}
+WIDTH_1_3B = 1536  # Wan2.1 1.3B's model width (14B: 5120)
 
 
 class OneToAllInputError(ValueError):
@@ -66,14 +74,21 @@ class OneToAllModel(WanModel):
     offload_device: torch.device | str = "cpu"
     options: RuntimeOptions = field(default_factory=lambda: RuntimeOptions(offload_after_run=False))
     info: dict = field(default_factory=dict)
+    variant: str | None = None  # "14b" / "1.3b"; None = read from the transformer's width
+
+    @property
+    def defaults(self) -> dict:
+        """The released scripts' defaults for this model size (see ``MODEL_DEFAULTS``)."""
+        return MODEL_DEFAULTS[self.variant or variant_of(self.transformer)]
 
     def progress_total(self, num_frames: int, steps: int) -> int:
         return total_steps(num_frames, steps)
 
-    def transformer_calls(self, num_frames: int, steps: int, image_guidance_scale: float = 2.0,
+    def transformer_calls(self, num_frames: int, steps: int, image_guidance_scale: float | None = None,
                           pose_guidance_scale: float = 1.5, preset: str = "official") -> int:
         """Transformer forwards of a run: chunks x steps x calls per step of the guidance plan
-        (1 with the distilled preset)."""
+        (1 with the distilled preset); image guidance None / 0 = the model's default."""
+        image_guidance_scale = image_guidance_scale or self.defaults["image_guidance_scale"]
         calls = 1 if preset == "distilled" else len(guidance_plan(image_guidance_scale, pose_guidance_scale).calls)
         return total_steps(num_frames, steps) * calls
 
@@ -113,13 +128,30 @@ class OneToAllResult:
                 "frames": self.plan.frames}
 
 
+def variant_of(transformer) -> str:
+    """"1.3b" for a transformer of Wan2.1 1.3B's width, else "14b" (the tiny test models count as 14B)."""
+    dim = getattr(transformer, "inner_dim", None)
+    return "1.3b" if dim == WIDTH_1_3B else "14b"
+
+
+def model_defaults(model) -> dict:
+    """``MODEL_DEFAULTS`` of a ``OneToAllModel`` or a bare transformer."""
+    return model.defaults if isinstance(model, OneToAllModel) else MODEL_DEFAULTS[variant_of(model)]
+
+
 # ------------------------------------------------------------------------------- image prep
-def output_size(reference_width: int, reference_height: int, resolution) -> tuple[int, int]:
-    """(W, H): a resolution name on the reference's aspect (multiples of 16), or an explicit (W, H)."""
+def output_size(reference_width: int, reference_height: int, resolution,
+                reference_max_short: int = REFERENCE_MAX_SHORT) -> tuple[int, int]:
+    """(W, H): a resolution name on the reference's aspect (multiples of 16), or an explicit (W, H).
+
+    'reference' caps the short side at ``reference_max_short`` (576 for 14B, 384 for 1.3B)."""
     if resolution == "reference":
         w, h = float(reference_width), float(reference_height)
-        if min(w, h) > REFERENCE_MAX_SHORT:  # the scripts' arithmetic: short side to the cap, long side truncated
-            w, h = (int(w * REFERENCE_MAX_SHORT / h), REFERENCE_MAX_SHORT) if h < w else (REFERENCE_MAX_SHORT, int(h * REFERENCE_MAX_SHORT / w))
+        cap = int(reference_max_short)
+        if cap < 16:
+            raise OneToAllInputError(f"reference_max_short must be at least 16 pixels, got {cap}.")
+        if min(w, h) > cap:  # the scripts' arithmetic: short side to the cap, long side truncated
+            w, h = (int(w * cap / h), cap) if h < w else (cap, int(h * cap / w))
         w, h = int(w // 16 * 16), int(h // 16 * 16)
         if w < 16 or h < 16:
             raise OneToAllInputError(f"the reference image ({reference_width}x{reference_height}) is smaller than 16 pixels; use a larger image.")
@@ -201,7 +233,7 @@ def sample_one_to_all(
     mask=None,
     resolution="480p",
     steps: int = 30,
-    image_guidance_scale: float = 2.0,
+    image_guidance_scale: float | None = None,
     pose_guidance_scale: float = 1.5,
     seed: int = 42,
     callback: Callable[[int], None] | None = None,
@@ -209,6 +241,7 @@ def sample_one_to_all(
     case1: bool = False,
     device=None,
     validate_ranges: bool = True,
+    reference_max_short: int | None = None,
     preset: str = "official",
 ) -> OneToAllResult:
     """Animate ``reference_image`` with ``pose_frames`` (rendered in the ``one_to_all`` style).
@@ -219,9 +252,16 @@ def sample_one_to_all(
     reference's own pose drawn without face, warped in 'pose' mode), ``mask`` (H, W) 1 = outpaint.
     ``callback(1)`` runs after every denoising step (chunks x steps in all); an exception it
     raises (ComfyUI's interrupt) stops sampling, and the run's tensors are dropped before it
-    propagates. ``preset="distilled"`` (a step-distillation LoRA loaded): 4..8 steps on the
+    propagates. ``image_guidance_scale`` / ``reference_max_short`` left as None take the model
+    size's official values (``MODEL_DEFAULTS``: 2.0 / 576 for 14B, 2.5 / 384 for 1.3B).
+    ``preset="distilled"`` (a step-distillation LoRA loaded): 4..8 steps on the
     distilled grid and sampler (models/wan/scheduler.py), guidance off: one call per step.
     """
+    defaults = model_defaults(model)
+    if image_guidance_scale is None:
+        image_guidance_scale = defaults["image_guidance_scale"]
+    if reference_max_short is None:
+        reference_max_short = defaults["reference_max_short"]
     if validate_ranges:
         _check_scales(steps, image_guidance_scale, pose_guidance_scale)
     try:
@@ -235,7 +275,7 @@ def sample_one_to_all(
     ref = to_uint8_rgb(reference_image, "reference_image")[0]
     poses = to_uint8_rgb(pose_frames, "pose_frames")
     ref_pose = to_uint8_rgb(reference_pose, "reference_pose")[0]
-    width, height = output_size(ref.shape[1], ref.shape[0], resolution)
+    width, height = output_size(ref.shape[1], ref.shape[0], resolution, reference_max_short)
     plan = plan_chunks(len(poses))
     if preset == "distilled":
         guidance = guidance_plan(1.0, 1.0)
@@ -293,6 +333,7 @@ def _run(transformer, vae, embeds, ref, poses, ref_pose, mask, width, height, pl
                 generated.add(g)
     return OneToAllResult(out, chunk_latents, plan, width, height,
                           {"guidance": guidance.mode, "calls_per_step": len(guidance.calls),
+                           "image_guidance_scale": guidance.image_scale, "pose_guidance_scale": guidance.pose_scale,
                            "transformer_calls": len(plan.ranges) * scheduler.num_steps * len(guidance.calls),
                            "chunks": plan.ranges, "padded_frames": plan.padded_frames})
 
@@ -344,4 +385,5 @@ def _denoise_chunk(transformer, vae, scheduler, guidance, conditions, chunk, pre
 
 
 __all__ = ["OneToAllModel", "OneToAllResult", "OneToAllInputError", "sample_one_to_all", "output_size",
-           "resize_crop", "total_steps", "DEFAULTS", "OVERLAP_FRAMES", "RESOLUTIONS"]
+           "resize_crop", "total_steps", "DEFAULTS", "MODEL_DEFAULTS", "model_defaults", "variant_of",
+           "OVERLAP_FRAMES", "RESOLUTIONS"]

@@ -118,3 +118,51 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: Attent
         return backend.kernel(q, k, v)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
+
+
+class DiffusersAttnProcessor:
+    """diffusers' ``AttnProcessor2_0`` (the SD1.5 UNet's and ControlNet's attention) on a runtime
+    backend. Calls with a mask, q/k norms or a spatial norm go to the stock processor unchanged."""
+
+    def __init__(self, backend: AttentionBackend):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.backend = backend
+        self.stock = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        if (attention_mask is not None or attn.spatial_norm is not None or attn.norm_q is not None
+                or attn.norm_k is not None or args or kwargs):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        residual, shape = hidden_states, hidden_states.shape
+        if hidden_states.ndim == 4:
+            hidden_states = hidden_states.flatten(2).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        batch, heads = query.shape[0], attn.heads
+        query, key, value = (t.unflatten(-1, (heads, -1)) for t in (query, key, value))
+        out = attention(query, key, value, self.backend).flatten(2).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if len(shape) == 4:
+            out = out.transpose(1, 2).reshape(shape)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def install_diffusers_attention(model: torch.nn.Module, backend: str | AttentionBackend = "auto") -> AttentionBackend:
+    """Put :class:`DiffusersAttnProcessor` on every diffusers ``Attention`` of ``model`` that uses
+    the stock SDPA processor; returns the resolved backend (also ``model.poseanimate_attention``)."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    resolved = backend if isinstance(backend, AttentionBackend) else select_backend(backend)
+    processor = DiffusersAttnProcessor(resolved)
+    for module in model.modules():
+        if isinstance(module, Attention) and type(module.processor) in (AttnProcessor2_0, DiffusersAttnProcessor):
+            module.set_processor(processor)
+    model.poseanimate_attention = resolved
+    return resolved

@@ -50,11 +50,17 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_SIZE = 224
 # The official pipeline decodes with DiffSynth tiles of 30x52 latents, stride 15x26.
 UNIANIMATE_TILES = TileConfig.from_latent((30, 52), (15, 26))
-# (W, H) of the official portrait runs; the model was trained at 480p.
+# (W, H) of the official runs (``inference_unianimate_wan_480p.py``: height 832, width 480;
+# ``..._720p.py``: 1280 x 720), portrait whatever the reference; the model was trained at 480p.
 OFFICIAL_SIZES = {"480p": (480, 832), "720p": (720, 1280)}
-RESOLUTIONS = ("480p", "720p", "reference")  # "reference": the reference's own size, rounded up to 16
+KEEP_ASPECT = "_keep_aspect"
+# "480p"/"720p": the official size (the reference is stretched to it, as official);
+# "..._keep_aspect": the official pixel area on the reference's aspect (outside the training
+# distribution); "reference": the reference's own size, capped at REFERENCE_MAX_AREA.
+RESOLUTIONS = ("480p", "720p", "480p" + KEEP_ASPECT, "720p" + KEEP_ASPECT, "reference")
+REFERENCE_MAX_AREA = 720 * 1280  # the 720p pixel count: a 12-megapixel photo must not become a 12-MP video
 SIZE_MULTIPLE = 16
-ASPECT_SNAP = 0.03  # references within 3% of the official aspect get the official size exactly
+ASPECT_SNAP = 0.03  # keep-aspect: references within 3% of the official aspect get the official size exactly
 DEFAULT_STEPS = 30
 DEFAULT_CFG = 1.5
 LATENT_CHANNELS = 16
@@ -114,20 +120,27 @@ class UniAnimateModel(WanModel):
 
 # -------------------------------------------------------------------- sizes and frames
 def output_size(ref_width: int, ref_height: int, resolution: str = "480p") -> tuple[int, int]:
-    """(W, H) for a reference of this size: the official pixel area on the reference's aspect.
+    """(W, H) of the generated video for a reference of this size (see ``RESOLUTIONS``).
 
-    A portrait reference near the official 480:832 aspect gets exactly 480x832 (720x1280),
-    a landscape one the transposed size; others keep the official area with their own aspect,
-    both sides rounded to multiples of 16. ``reference``: the official scripts' rule for any
-    H x W (the reference's size rounded up to multiples of 16).
+    ``480p``/``720p``: the official scripts' fixed portrait size (480x832, 720x1280).
+    ``..._keep_aspect``: the official pixel area on the reference's aspect (a reference within 3%
+    of the official aspect, portrait or landscape, gets the official size or its transpose), both
+    sides rounded to multiples of 16. ``reference``: the official ``check_resize_height_width``
+    rule (the reference's size rounded up to 16), scaled down first to at most the 720p area.
     """
     if resolution not in RESOLUTIONS:
         raise UniAnimateInputError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}.")
     if ref_width < 1 or ref_height < 1:
         raise UniAnimateInputError(f"reference image has no pixels ({ref_width}x{ref_height}).")
     if resolution == "reference":
+        scale = min(1.0, math.sqrt(REFERENCE_MAX_AREA / (ref_width * ref_height)))
+        if scale < 1.0:  # round down so the cap holds after rounding to 16
+            down = lambda v: max(SIZE_MULTIPLE, int(v * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE)  # noqa: E731
+            return down(ref_width), down(ref_height)
         return check_size(ref_width, ref_height)
-    w0, h0 = OFFICIAL_SIZES[resolution]
+    if not resolution.endswith(KEEP_ASPECT):
+        return OFFICIAL_SIZES[resolution]
+    w0, h0 = OFFICIAL_SIZES[resolution[: -len(KEEP_ASPECT)]]
     if ref_width > ref_height:
         w0, h0 = h0, w0
     aspect = ref_width / ref_height
@@ -290,6 +303,9 @@ def denoise(transformer, pose_token_fn: Callable[[win.Window], torch.Tensor], co
     ``first_features`` ``[n_windows, 1, 16, 2, h, w]``: the windows' private start states
     (drawn from ``generator`` when None). ``callback(1)`` runs after every window step (progress
     and interrupt); ``on_window(step, index, window, pos, neg)`` sees the raw model outputs.
+    The whole video's latents, the window average and the private states stay on the CPU; each
+    window's slice visits ``device`` for its step and comes back (as One-to-All's chunks do), so
+    the accelerator holds one window at a time whatever the video's length.
     """
     num_latent = noise.shape[2]
     plan = win.plan_windows(num_latent, context_size, context_overlap)
@@ -306,8 +322,8 @@ def denoise(transformer, pose_token_fn: Callable[[win.Window], torch.Tensor], co
     ctx_neg = cond.context_neg.to(device, dtype) if cfg != 1.0 else None
     states = _private_states(plan, noise, first_features, generator)
     tokens = _TokenCache(plan, pose_token_fn, device, dtype)
-    latents = noise.float().to(device)
-    states = [None if s is None else s.float().to(device) for s in states]
+    latents = noise.float().cpu()
+    states = [None if s is None else s.float().cpu() for s in states]
 
     def forward(x, t, context, pose):
         hidden = torch.cat([x.to(dtype), y], dim=1)
@@ -318,9 +334,10 @@ def denoise(transformer, pose_token_fn: Callable[[win.Window], torch.Tensor], co
         t = sched.timestep(step, 1, dtype=dtype, device=device)
         blender = win.WindowBlender(latents, plan) if len(plan) > 1 else None
         for index, window in enumerate(plan):
-            x = latents[:, :, list(window.frames)].clone() if blender is not None else latents
+            x = latents[:, :, list(window.frames)] if blender is not None else latents
+            x = x.to(device, copy=True)
             if window.private:
-                x[:, :, : window.private] = states[index]
+                x[:, :, : window.private] = states[index].to(device)
             with call_key((index, "cond")):  # step cache: one entry per window and guidance call
                 pos = forward(x, t, ctx_pos, tokens.get(index))
             with call_key((index, "uncond")):
@@ -328,20 +345,21 @@ def denoise(transformer, pose_token_fn: Callable[[win.Window], torch.Tensor], co
             if on_window is not None:
                 on_window(step, index, window, pos, neg)
             velocity = pos if neg is None else neg + cfg * (pos - neg)
-            stepped = sched.step(x, velocity, step, out_dtype=torch.float32)
-            del pos, neg, velocity
+            stepped = sched.step(x, velocity, step, out_dtype=torch.float32).cpu()
+            del pos, neg, velocity, x
             if blender is None:
                 latents = stepped
             else:
                 blender.add(window, stepped)
                 if window.private:
                     states[index] = stepped[:, :, : window.private].clone()
+            del stepped
             if callback is not None:
                 callback(1)
         if blender is not None:
             latents = blender.result()
     tokens.clear()
-    return latents.cpu()
+    return latents
 
 
 def _private_states(plan, noise, first_features, generator):
@@ -464,8 +482,9 @@ def generate(model: UniAnimateModel, vae, clip_vision, embeds: WanPromptEmbeds, 
                           generator=generator, dtype=dtype, device=device, callback=callback, scheduler=scheduler)
     finally:
         model.release()
-    video = vae.decode(latents)  # [1, 3, F, H, W] in [-1, 1]
+    video = vae.decode(latents).cpu()  # [1, 3, F, H, W] in [-1, 1]; no whole-video copy stays on the device
     frames = ((video[0].float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)  # official tensor2video
+    del video
     frames = frames.permute(1, 2, 3, 0)[:count].float() / 255.0
     return UniAnimateResult(frames.contiguous(), latents, width, height)
 

@@ -108,6 +108,10 @@ class WanTextEncoder:
         hidden = torch.where(keep.unsqueeze(-1), hidden, torch.zeros((), dtype=hidden.dtype))
         return hidden, lengths
 
+    def token_count(self, text: str) -> int:
+        """UMT5 tokens of ``text`` as encoded (end token included), before the cut to ``max_length``."""
+        return len(self.tokenizer(clean_prompt(text), add_special_tokens=True)["input_ids"])
+
     @torch.no_grad()
     def encode_pair(self, prompt: str, negative_prompt: str) -> WanPromptEmbeds:
         """Both prompts, each in its own encoder call (as the reference pipelines), one device round trip."""
