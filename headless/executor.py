@@ -6,8 +6,9 @@ called, a tuple of RETURN_TYPES' length returned (or ComfyUI's ``{"ui", "result"
 ComfyUI's core nodes the shipped graphs use come from headless/core_nodes.py.
 
 Like ComfyUI's output cache, nodes whose inputs are all literal values (the loaders) are kept
-between ``run`` calls on one Executor, so a batch worker loads a model once for every job that
-names the same files.
+between ``run`` calls on one Executor (``keep_loaders``), so a batch worker loads a model once for
+every job that names the same files; one output per loader class is kept, so a job naming other
+files replaces them instead of piling models up.
 """
 from __future__ import annotations
 
@@ -103,6 +104,7 @@ class Executor:
         """Run every node of ``graph`` once; returns node id -> outputs."""
         results: dict[str, tuple] = {}
         kept: set[str] = set()
+        used: set[tuple] = set()  # loader signatures this run uses (never evicted during it)
         self.timings, self.ui, self.reused = {}, {}, []
         for nid, node in graph.items():
             if node.get("class_type") not in self.classes:
@@ -140,13 +142,16 @@ class Executor:
                     raise
                 except Exception as exc:
                     raise NodeFailed(nid, ct, exc) from exc
-                if signature is not None:
+                if signature is not None:  # one kept output per loader class: a new file replaces the old
+                    for old in [k for k in self.loaded if k[0] == ct and k not in used]:
+                        self.release({old: self.loaded.pop(old)})
                     self.loaded[signature] = out
             if self.on_output is not None:
                 self.on_output(nid, ct, out)
             self.timings[nid] = time.perf_counter() - t0
             if signature is not None:
                 kept.add(nid)
+                used.add(signature)
             results[nid] = out
             return out
 

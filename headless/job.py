@@ -28,7 +28,7 @@ NONE = ("", "None", None)
 
 # Which node inputs name model files, and the ComfyUI folder each name lives in.
 MODEL_INPUTS = {
-    "PoseAnimateOneToAllLoader": {"model_name": "diffusion_models"},
+    "PoseAnimateOneToAllLoader": {"model_name": "diffusion_models", "lora_1": "loras", "lora_2": "loras"},
     "PoseAnimateUniAnimateLoader": {"base_model": "diffusion_models", "unianimate_file": "loras",
                                     "lora_1": "loras", "lora_2": "loras"},
     "PoseAnimateWanVAELoader": {"vae_name": "vae"},

@@ -6,6 +6,7 @@ Each node is argument plumbing around pose/; model files come from ComfyUI's
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 
@@ -16,7 +17,13 @@ CATEGORY = "PoseAnimate/pose"
 DETECTOR_TYPE = "POSEANIMATE_POSE_DETECTOR"
 DWPOSE_DET = "yolox_l.onnx"
 DWPOSE_POSE = "dw-ll_ucoco_384.onnx"
-BACKENDS = ("mediapipe (embedded)", "dwpose (onnx)")
+VITPOSE_DET = "yolov10m.onnx"
+VITPOSE_POSE = "vitpose_h_wholebody.onnx"
+BACKENDS = ("mediapipe (embedded)", "dwpose (onnx)", "vitpose (onnx)", "auto: vitpose (One-to-All)",
+            "auto: dwpose (UniAnimate)")
+CHANNEL_ORDERS = ("default", "rgb", "bgr")
+DEVICES = ("auto", "cpu", "gpu")
+_log = logging.getLogger("PoseAnimate")
 
 
 def _onnx_choices(default: str) -> list[str]:
@@ -24,30 +31,72 @@ def _onnx_choices(default: str) -> list[str]:
     return names or [default]
 
 
+def _detector_device(device: str) -> str:
+    """auto -> ComfyUI's torch device (torch engine on a GPU, onnxruntime on the CPU); gpu -> it or an error."""
+    if device == "cpu":
+        return "cpu"
+    chosen = host.torch_device()
+    if chosen.type == "cpu":
+        if device == "gpu":
+            raise ValueError("Load Pose Detector: device 'gpu' asked for, but ComfyUI runs on the CPU; choose 'auto' or 'cpu'")
+        return "cpu"
+    return str(chosen)
+
+
+def _maybe_file(name: str):
+    try:
+        return host.resolve_model("pose_models", name)
+    except host.ModelFileError:
+        return None
+
+
 class LoadPoseDetector:
-    """Pose detector: the embedded mediapipe model (nothing to download) or DWPose ONNX files."""
+    """Pose detector: the embedded mediapipe model (nothing to download), DWPose or ViTPose ONNX
+    files, or ``auto``: the model family's own detector when its files are in pose_models, else
+    the embedded one (with a warning). The second output names the detector actually used."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "backend": (list(BACKENDS), {"default": BACKENDS[0]}),
+                "backend": (list(BACKENDS), {"default": BACKENDS[0], "tooltip": "auto: the detector the model was trained with (One-to-All: ViTPose + YOLOv10, UniAnimate: DWPose) when its files are in models/pose_models, else the embedded mediapipe one"}),
                 "dwpose_detector": (_onnx_choices(DWPOSE_DET), {"tooltip": f"YOLOX person detector ({DWPOSE_DET}) in models/pose_models"}),
                 "dwpose_model": (_onnx_choices(DWPOSE_POSE), {"tooltip": f"DWPose whole-body model ({DWPOSE_POSE}) in models/pose_models"}),
-            }
+            },
+            "optional": {
+                "vitpose_model": (_onnx_choices(VITPOSE_POSE), {"default": VITPOSE_POSE, "tooltip": "ViTPose whole-body model in models/pose_models (vitpose_h_wholebody.onnx as One-to-All uses, or vitpose-l-wholebody.onnx)"}),
+                "vitpose_detector": (_onnx_choices(VITPOSE_DET), {"default": VITPOSE_DET, "tooltip": f"YOLOv10 person detector ({VITPOSE_DET}) in models/pose_models"}),
+                "channel_order": (list(CHANNEL_ORDERS), {"default": "default", "tooltip": "Colour order fed to the ONNX networks. default: DWPose gets each network's training order, ViTPose One-to-All's official order (YOLO RGB, ViTPose BGR). UniAnimate's official scripts feed BGR to both DWPose networks"}),
+                "device": (list(DEVICES), {"default": "auto", "tooltip": "ONNX detectors: auto = ComfyUI's GPU through torch when there is one, else onnxruntime on the CPU"}),
+            },
         }
 
-    RETURN_TYPES = (DETECTOR_TYPE,)
-    RETURN_NAMES = ("detector",)
+    RETURN_TYPES = (DETECTOR_TYPE, "STRING")
+    RETURN_NAMES = ("detector", "detector_name")
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, backend, dwpose_detector=DWPOSE_DET, dwpose_model=DWPOSE_POSE):
-        if backend.startswith("dwpose"):
-            det = host.resolve_model("pose_models", dwpose_detector)
-            pose = host.resolve_model("pose_models", dwpose_model)
-            return (detect.load_detector("dwpose", det_path=det, pose_path=pose),)
-        return (detect.load_detector("mediapipe"),)
+    def load(self, backend, dwpose_detector=DWPOSE_DET, dwpose_model=DWPOSE_POSE, vitpose_model=VITPOSE_POSE,
+             vitpose_detector=VITPOSE_DET, channel_order="default", device="auto"):
+        if backend not in BACKENDS:
+            raise ValueError(f"Load Pose Detector: backend {backend!r} is not one of {BACKENDS}")
+        if backend.startswith("mediapipe"):
+            detector = detect.load_detector("mediapipe", host.resolve_folder("pose_models"))
+            return (detector, detect.describe(detector))
+        family = "vitpose" if "vitpose" in backend else "dwpose"
+        kw = {"device": _detector_device(device)}
+        if channel_order != "default":
+            kw["channel_order"] = channel_order
+        det_name, pose_name = (vitpose_detector, vitpose_model) if family == "vitpose" else (dwpose_detector, dwpose_model)
+        if backend.startswith("auto"):
+            detector, name = detect.load_auto(family, _maybe_file(det_name), _maybe_file(pose_name),
+                                              log=lambda text: _log.warning("PoseAnimate: %s", text),
+                                              embedded_folder=host.resolve_folder("pose_models"), **kw)
+            return (detector, name)
+        det = host.resolve_model("pose_models", det_name)
+        pose = host.resolve_model("pose_models", pose_name)
+        detector = detect.load_detector(family, det_path=det, pose_path=pose, **kw)
+        return (detector, detect.describe(detector))
 
 
 class DetectPoses:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .keypoints import PoseFrame
 
-BACKENDS = ("dwpose", "mediapipe")
+BACKENDS = ("dwpose", "vitpose", "mediapipe")
 # Why there is no classic-OpenPose backend through controlnet-aux 0.0.10 (checked on its wheel):
 # importing controlnet_aux.open_pose runs controlnet_aux/__init__.py, which imports every
 # annotator (timm, einops, scikit-image, torchvision users); open_pose/__init__.py itself
@@ -147,17 +147,53 @@ def detect_video(detector: PoseDetector, images, person: str = "largest", missin
 
 
 def load_detector(backend: str, folder: Path | str | None = None, **kw) -> PoseDetector:
-    """Build a backend: "dwpose" (ONNX files in ``folder``, or ``det_path=``/``pose_path=``), "mediapipe" (embedded weights of
-    mediapipe 0.10.21); "openpose_aux" is refused with the reason in OPENPOSE_AUX_REFUSAL."""
+    """Build a backend: "dwpose" (yolox_l.onnx + dw-ll_ucoco_384.onnx) or "vitpose" (yolov10m.onnx
+    + a ViTPose whole-body .onnx), from ``folder`` or ``det_path=``/``pose_path=``; "mediapipe"
+    (embedded weights, or on mediapipe >= 1.x the .task files in ``folder``); "openpose_aux" is
+    refused with the reason in OPENPOSE_AUX_REFUSAL."""
     name = str(backend).strip().lower()
     if name == "dwpose":
         from .dwpose import DWPoseDetector
 
         return DWPoseDetector(folder, **kw)  # folder, or det_path= and pose_path=
-    if name == "mediapipe":
-        from .mediapipe_pose import MediapipePoseDetector
+    if name == "vitpose":
+        from .vitpose import ViTPoseDetector
 
-        return MediapipePoseDetector(**kw)
+        return ViTPoseDetector(folder, **kw)
+    if name == "mediapipe":  # bundled Holistic (<= 3.12), or the Tasks API's .task files in ``folder``
+        from .mediapipe_pose import load_embedded
+
+        return load_embedded(folder, **kw)
     if name == "openpose_aux":
         raise ValueError(OPENPOSE_AUX_REFUSAL)
     raise ValueError(f"unknown pose backend {backend!r}; choose one of {BACKENDS}")
+
+
+def describe(detector: PoseDetector) -> str:
+    """One line naming the detector actually in use (files, engine, channel order)."""
+    text = getattr(detector, "describe", None)
+    return text() if callable(text) else str(getattr(detector, "name", type(detector).__name__))
+
+
+def load_auto(prefer: str, det_path: Path | str | None, pose_path: Path | str | None,
+              log: Callable[[str], None] | None = None, embedded_folder: Path | str | None = None,
+              **kw) -> tuple[PoseDetector, str]:
+    """The model family's own detector (``prefer``: "vitpose" or "dwpose") when both of its files
+    exist, else the embedded mediapipe detector with a warning through ``log``.
+
+    Returns the detector and a line naming what is used (and why, on fallback). Files that exist
+    but fail to load are an error, not a silent fallback: the user put them there to be used."""
+    if prefer not in ("vitpose", "dwpose"):
+        raise ValueError(f"auto detector preference must be 'vitpose' or 'dwpose', got {prefer!r}")
+    missing = [str(p) for p in (det_path, pose_path) if p is None or not Path(p).is_file()]
+    if not missing:
+        detector = load_detector(prefer, det_path=Path(det_path), pose_path=Path(pose_path), **kw)
+        return detector, describe(detector)
+    files = ("yolov10m.onnx + vitpose_h_wholebody.onnx (or vitpose-l-wholebody.onnx)" if prefer == "vitpose"
+             else "yolox_l.onnx + dw-ll_ucoco_384.onnx")
+    detector = load_detector("mediapipe", embedded_folder)
+    text = (f"{describe(detector)} instead of {prefer}: {files} not found in models/pose_models; the poses "
+            f"differ from the official pipeline's (see README, detectors)")
+    if log is not None:
+        log(text)
+    return detector, text

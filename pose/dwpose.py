@@ -1,4 +1,4 @@
-"""DWPose whole-body detection through onnxruntime, from the two usual local ONNX files.
+"""DWPose whole-body detection from the two usual local ONNX files (onnxruntime or torch).
 
 Pipeline (the DWPose ONNX recipe): YOLOX-L person boxes on a 640x640 letterbox -> one
 288x384 affine crop per person -> RTMPose/DWPose SimCC heads -> 133 COCO-WholeBody points
@@ -12,7 +12,9 @@ Channel order (``channel_order``):
     order) before the network, and that step is not part of the exported ONNX, so the pose
     network wants RGB. ComfyUI IMAGEs are RGB, so the detector input is flipped, the crops not.
   * "rgb": both networks get RGB (what comfyui_controlnet_aux and ControlNet do).
-  * "bgr": both get BGR (what the DWPose demo and UniAnimate-DiT's scripts do).
+  * "bgr": both get BGR (what the DWPose demo and UniAnimate-DiT's scripts do: run_align_pose.py
+    hands OpenCV-read BGR frames and reference to both networks unconverted; UniAnimate's
+    workflow uses this order).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import numpy as np
 
 from .detect import as_uint8_rgb
 from .keypoints import NUM_POINTS, PoseFrame
+from .onnx_model import DetectorFilesError, OnnxModel, resolve_engine, shape_matches
 
 DETECTOR_FILE = "yolox_l.onnx"
 POSE_FILE = "dw-ll_ucoco_384.onnx"
@@ -42,10 +45,6 @@ OPENPOSE_SLOTS = [1, 2, 3, 4, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17]
 COCO_SOURCES = [17, 6, 8, 10, 7, 9, 12, 14, 16, 13, 15, 2, 1, 4, 3]
 MAX_CROPS_PER_CALL = 32  # bounds the pose model's activation memory on long multi-person clips
 MAX_FRAMES_PER_DET_CALL = 8  # likewise for YOLOX-L (about 155 GFLOPs and large activations per 640x640 frame)
-
-
-class DetectorFilesError(RuntimeError):
-    """The DWPose ONNX files are missing, unreadable or not the expected networks."""
 
 
 def find_model_files(folder: Path) -> tuple[Path, Path]:
@@ -75,38 +74,6 @@ def _existing(path: Path, usual: str) -> Path:
         raise DetectorFilesError(f"DWPose file {path.name!r} not found in {path.parent}; put '{usual}' (HF repo "
                                  "yzd-v/DWPose) in ComfyUI models/pose_models. Nothing is downloaded automatically.")
     return path
-
-
-def _open_session(path: Path, providers, threads: int | None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
-        raise DetectorFilesError(f"cannot load {path.name} from {path.parent}: {exc}. The file is corrupt or not an "
-                                 f"ONNX model; replace it with the original '{path.name}' (HF repo yzd-v/DWPose).") from exc
-
-
-def _dynamic(dim) -> bool:
-    return not isinstance(dim, int) or dim <= 0
-
-
-def _shape_ok(shape, expected) -> bool:
-    """Non-batch dims match, a symbolic (dynamic) dim matching anything."""
-    dims = list(shape)[1:]
-    return len(dims) == len(expected) and all(_dynamic(d) or d == e for d, e in zip(dims, expected))
-
-
-def default_providers() -> list[str]:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    preferred = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    return preferred or available
 
 
 # --- detector -----------------------------------------------------------------------------
@@ -216,17 +183,22 @@ def crop_to_image(locs: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np
     return locs / np.array([CROP_W, CROP_H], np.float32) * scale + center - scale / 2
 
 
-def wholebody_to_layout(points: np.ndarray, scores: np.ndarray, width: int, height: int) -> np.ndarray:
+def wholebody_to_layout(points: np.ndarray, scores: np.ndarray, width: int, height: int,
+                        neck: str = "dwpose") -> np.ndarray:
     """133 COCO-WholeBody points (pixels) + scores -> one person in our 134 layout (normalised).
 
-    The neck (mean of the shoulders) follows DWPose's rule: present (score 1) only when both
-    shoulders score > 0.3, else missing; every other point keeps its real SimCC score, and
-    points whose score is <= 0 are missing (score 0)."""
+    The neck is the mean of the shoulders; its score follows DWPose's rule (``neck="dwpose"``:
+    1 when both shoulders score > 0.3, else missing) or the Wan/One-to-All ViTPose path's
+    (``neck="mean"``: the mean of the two shoulder scores, as its 20-point body averages rows).
+    Every other point keeps its real score; points whose score is <= 0 are missing (score 0)."""
     kp = np.zeros((NUM_POINTS, 3), np.float32)
     kp[:17, :2], kp[18:, :2] = points[:17], points[17:]
     kp[:17, 2], kp[18:, 2] = scores[:17], scores[17:]
     kp[17, :2] = (points[5] + points[6]) / 2
-    kp[17, 2] = float(scores[5] > NECK_THRESHOLD and scores[6] > NECK_THRESHOLD)
+    if neck == "mean":
+        kp[17, 2] = (scores[5] + scores[6]) / 2
+    else:
+        kp[17, 2] = float(scores[5] > NECK_THRESHOLD and scores[6] > NECK_THRESHOLD)
     kp[OPENPOSE_SLOTS] = kp[COCO_SOURCES]
     kp[:, 2] = np.clip(kp[:, 2], 0.0, None)
     kp[:, 0] /= width
@@ -236,14 +208,15 @@ def wholebody_to_layout(points: np.ndarray, scores: np.ndarray, width: int, heig
 
 
 class DWPoseDetector:
-    """YOLOX-L + DWPose-L whole-body detector on onnxruntime (CPU or CUDA provider)."""
+    """YOLOX-L + DWPose-L whole-body detector on onnxruntime (CPU) or torch (any device)."""
 
     name = "dwpose"
 
-    def __init__(self, folder: Path | None = None, providers: list[str] | None = None, threads: int | None = None,
+    def __init__(self, folder: Path | None = None, device: str = "cpu", threads: int | None = None,
                  channel_order: str = "trained", det_score: float = 0.3, nms_iou: float = 0.45,
                  det_path: Path | None = None, pose_path: Path | None = None):
-        """Give ``folder`` (files found by name) or the two files as ``det_path``/``pose_path``."""
+        """Give ``folder`` (files found by name) or the two files as ``det_path``/``pose_path``;
+        ``device`` auto|cpu|gpu picks onnxruntime (CPU) or torch (pose/onnx_model.py)."""
         if channel_order not in CHANNEL_ORDERS:
             raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}")
         self.channel_order = channel_order
@@ -256,32 +229,37 @@ class DWPoseDetector:
             det_path, pose_path = det_path or found_det, pose_path or found_pose
         det_path, pose_path = _existing(Path(det_path), DETECTOR_FILE), _existing(Path(pose_path), POSE_FILE)
         self.folder = det_path.parent
-        providers = providers or default_providers()
-        self.det = _open_session(det_path, providers, threads)
-        self.pose = _open_session(pose_path, providers, threads)
+        self.engine, self.device = resolve_engine(device)
+        hint = " (HF repo yzd-v/DWPose)"
+        self.det = OnnxModel(det_path, self.engine, self.device, threads, hint)
+        self.pose = OnnxModel(pose_path, self.engine, self.device, threads, hint)
         self._check_signatures(det_path, pose_path)
 
     def _check_signatures(self, det_path: Path, pose_path: Path) -> None:
         """Read I/O names and batch axes from the files rather than trusting fixed names."""
-        d_in, p_in = self.det.get_inputs(), self.pose.get_inputs()
-        if len(d_in) != 1 or not _shape_ok(d_in[0].shape, [3, DET_SIZE, DET_SIZE]):
-            raise DetectorFilesError(f"{det_path} is not a YOLOX 640x640 detector (inputs "
-                                     f"{[(i.name, i.shape) for i in d_in]}); expected one input [N, 3, 640, 640]")
-        if len(p_in) != 1 or not _shape_ok(p_in[0].shape, [3, CROP_H, CROP_W]):
-            raise DetectorFilesError(f"{pose_path} is not the DWPose 384x288 model (inputs "
-                                     f"{[(i.name, i.shape) for i in p_in]}); expected one input [N, 3, 384, 288]")
-        self.det_input, self.pose_input = d_in[0].name, p_in[0].name
-        self.det_batched, self.pose_batched = _dynamic(d_in[0].shape[0]), _dynamic(p_in[0].shape[0])
-        outs = self.pose.get_outputs()
-        by_len = {o.shape[2] if len(o.shape) == 3 else None: o.name for o in outs}
-        names = {o.name for o in outs}
+        d_in, p_in = self.det.inputs, self.pose.inputs
+        if len(d_in) != 1 or not shape_matches(d_in[0][1], [3, DET_SIZE, DET_SIZE]):
+            raise DetectorFilesError(f"{det_path} is not a YOLOX 640x640 detector (inputs {d_in}); "
+                                     "expected one input [N, 3, 640, 640]")
+        if len(p_in) != 1 or not shape_matches(p_in[0][1], [3, CROP_H, CROP_W]):
+            raise DetectorFilesError(f"{pose_path} is not the DWPose 384x288 model (inputs {p_in}); "
+                                     "expected one input [N, 3, 384, 288]")
+        self.det_input, self.pose_input = d_in[0][0], p_in[0][0]
+        self.det_batched, self.pose_batched = self.det.batched, self.pose.batched
+        outs = self.pose.outputs
+        by_len = {shape[2] if len(shape) == 3 else None: name for name, shape in outs}
+        names = {name for name, _ in outs}
         if {"simcc_x", "simcc_y"} <= names:
             self.pose_outputs = ["simcc_x", "simcc_y"]
         elif int(CROP_W * SIMCC_SPLIT) in by_len and int(CROP_H * SIMCC_SPLIT) in by_len:
             self.pose_outputs = [by_len[int(CROP_W * SIMCC_SPLIT)], by_len[int(CROP_H * SIMCC_SPLIT)]]
         else:
-            raise DetectorFilesError(f"{pose_path} outputs {[(o.name, o.shape) for o in outs]}; expected SimCC "
+            raise DetectorFilesError(f"{pose_path} outputs {outs}; expected SimCC "
                                      "outputs simcc_x [N, 133, 576] and simcc_y [N, 133, 768]")
+
+    def describe(self) -> str:
+        return (f"dwpose ({self.det.path.name} + {self.pose.path.name}, {self.pose.engine} on {self.pose.device}, "
+                f"channels {self.channel_order})")
 
     # -- stages --
     def _det_image(self, rgb: np.ndarray) -> np.ndarray:
@@ -297,7 +275,7 @@ class DWPoseDetector:
         step = MAX_FRAMES_PER_DET_CALL if self.det_batched else 1
         raws = []
         for i in range(0, len(blobs), step):
-            raws.extend(self.det.run(None, {self.det_input: np.concatenate(blobs[i : i + step])})[0])
+            raws.extend(self.det.run({self.det_input: np.concatenate(blobs[i : i + step])})[0])
         return [decode_yolox(r, ratio, self.det_score, self.nms_iou) for r, (_, ratio) in zip(raws, prepared)]
 
     def estimate(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -306,7 +284,7 @@ class DWPoseDetector:
         step = MAX_CROPS_PER_CALL if self.pose_batched else 1
         xs, ys = [], []
         for i in range(0, len(blob), step):
-            sx, sy = self.pose.run(self.pose_outputs, {self.pose_input: blob[i : i + step]})
+            sx, sy = self.pose.run({self.pose_input: blob[i : i + step]}, self.pose_outputs)
             xs.append(sx)
             ys.append(sy)
         return decode_simcc(np.concatenate(xs), np.concatenate(ys))

@@ -25,7 +25,7 @@ from poseanimate.models.wan import sequence_parallel  # noqa: E402
 def one_to_all(sp=None, frames: int = 10, size=(32, 32)) -> torch.Tensor:
     """Final latents of a 10-frame run: 2 steps, image + pose guidance (three model calls a step)."""
     import one_to_all_tiny
-    from test_one_to_all_pipeline import LinearVAE, embeds, images  # noqa: F401
+    from test_one_to_all_pipeline import LinearVAE, images
 
     from poseanimate.models.one_to_all import pipeline
     from poseanimate.models.wan.text import WanPromptEmbeds

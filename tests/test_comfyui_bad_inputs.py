@@ -219,7 +219,7 @@ def _float_widgets():
 
 
 def _float_case(wf, node_id, name, value):
-    @case(f"{wf}:{name}={value}", name, "finite", f"set {name} to a number")
+    @case(f"{wf}:{node_id}.{name}={value}", name, "finite", f"set {name} to a number")
     def run(ctx):
         return ctx.refused(ctx.workflow(wf, **{node_id: {name: value}}))
 

@@ -62,7 +62,8 @@ LONG_CLIP_FRAMES = 96  # the interrupt test needs a job that is still running wh
 
 # --------------------------------------------------------------------------- fixtures
 def _write_pose_models(models: Path) -> None:
-    """Tiny DWPose stand-ins (real file names and I/O signatures) for the pose_models folder."""
+    """Tiny DWPose and ViTPose stand-ins (real file names and I/O signatures) for the pose_models
+    folder, so the shipped workflows' ``auto`` detectors take the ONNX path in real ComfyUI."""
     import tiny_onnx
 
     folder = models / "pose_models"
@@ -70,6 +71,9 @@ def _write_pose_models(models: Path) -> None:
     tiny_onnx.build_detector(folder / "yolox_l.onnx", [(200, 60, 440, 580, 0.95, 0, 0.95)])
     points = [(40 + (k % 12) * 18, 30 + (k // 12) * 28) for k in range(tiny_onnx.NUM_KP)]
     tiny_onnx.build_pose_onehot(folder / "dw-ll_ucoco_384.onnx", points, [0.9] * tiny_onnx.NUM_KP)
+    tiny_onnx.build_yolov10(folder / "yolov10m.onnx", [(200, 60, 440, 580, 0.95, 0)])
+    peaks = [(8 + (k % 12) * 2.7, 6 + (k // 12) * 4.6, 0.9) for k in range(tiny_onnx.NUM_KP)]
+    tiny_onnx.build_vitpose_peaks(folder / "vitpose_h_wholebody.onnx", peaks)
     tiny_onnx.write_corrupt(folder / "corrupt.onnx")
 
 

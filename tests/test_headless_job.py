@@ -149,3 +149,17 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_output(tmp_path):
     assert proc.wait(60) == 130, "".join(seen)[-2000:]
     assert "stopped cleanly" in "".join(seen)
     assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_kept_loaders_are_reused_and_replaced_per_class():
+    import poseanimate
+
+    spec = poseanimate.NODE_CLASS_MAPPINGS["PoseAnimateAnimateDiffContextOptions"].INPUT_TYPES()["required"]
+    defaults = {k: s[1]["default"] if len(s) > 1 and "default" in s[1] else s[0][0] for k, s in spec.items()}
+    options = {"1": {"class_type": "PoseAnimateAnimateDiffContextOptions", "inputs": defaults}}
+    ex = executor.Executor(keep_loaders=True)
+    first = ex.run(options)["1"][0]
+    assert ex.run(options)["1"][0] is first and ex.reused == ["1"]
+    options["1"]["inputs"]["context_length"] = 8
+    second = ex.run(options)["1"][0]
+    assert second is not first and list(ex.loaded.values()) == [(second,)]

@@ -30,3 +30,32 @@ def test_uneven_tokens_and_no_process_group_are_refused():
     sp.rank = 1
     assert sp.shard_spans([(0, 4, "a"), (4, 6, "b"), (6, 8, "c")], 8) == [(0, 2, "b"), (2, 4, "c")]
     assert not dist.is_initialized()
+
+
+def test_torchrun_launch_of_the_main_job(tmp_path):
+    """torchrun --nproc-per-node 2 animate.py REQUEST.json: the tiny One-to-All over 2 gloo ranks;
+    rank 0 writes one video and its result JSON, the other rank leaves nothing behind."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import one_to_all_tiny
+    from test_headless_job import ROOT, fast_one_to_all, write_media
+
+    one_to_all_tiny.write_tiny_models(tmp_path / "models")
+    ref, drive = write_media(tmp_path)
+    request = tmp_path / "r.json"
+    request.write_text(json.dumps({"prompt": "a dance", "image_url": ref, "video_url": drive, "num_inference_steps": 2,
+                                   "resolution": "reference", "image_guidance_scale": 1.0, "pose_guidance_scale": 1.5}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(ROOT / "animate.py"), str(request), "--models", str(tmp_path / "models"), "--workflow",
+                           str(fast_one_to_all(tmp_path)), "--out", str(tmp_path / "out"), "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    videos = sorted(p.name for p in (tmp_path / "out").rglob("*.mp4"))
+    assert videos == [result["video"]["file_name"]] == ["one_to_all_00001_.mp4"]
+    assert not list(Path(tmp_path).glob("poseanimate-rank*"))

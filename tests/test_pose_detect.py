@@ -138,14 +138,14 @@ def test_neck_follows_dwpose_shoulder_rule(tmp_path):
 
 
 class CountingSession:
-    """Wraps an onnxruntime session and records the batch size of every run."""
+    """Wraps an OnnxModel and records the batch size of every run."""
 
     def __init__(self, session):
         self.session, self.batches = session, []
 
-    def run(self, names, feeds):
+    def run(self, feeds, names=None):
         self.batches.append(next(iter(feeds.values())).shape[0])
-        return self.session.run(names, feeds)
+        return self.session.run(feeds, names)
 
     def __getattr__(self, item):
         return getattr(self.session, item)

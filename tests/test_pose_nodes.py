@@ -149,3 +149,54 @@ def test_align_rejects_an_anchor_past_the_end():
     data = kp.frames_to_pose_keypoint([kp.PoseFrame(64, 64, people)])
     with pytest.raises(ValueError, match="anchor_frame"):
         call("PoseAnimateAlignPoses", driving_poses=data, reference_pose=data, mode="none", anchor_frame=3)
+
+
+def _tiny_detectors(models_dir):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import tiny_onnx
+
+    folder = models_dir / "pose_models"
+    tiny_onnx.build_yolov10(folder / "yolov10m.onnx", [(100, 60, 540, 600, 0.9, 0)])
+    tiny_onnx.build_vitpose_spot(folder / "vitpose_h_wholebody.onnx", [0.9] * 133)
+    tiny_onnx.build_detector(folder / "yolox_l.onnx", [(200, 60, 440, 580, 0.95, 0, 0.95)])
+    tiny_onnx.build_pose_onehot(folder / "dw-ll_ucoco_384.onnx", [(40 + k, 30 + 2 * k) for k in range(133)], [0.9] * 133)
+    return folder
+
+
+LOAD = dict(dwpose_detector="yolox_l.onnx", dwpose_model="dw-ll_ucoco_384.onnx")
+
+
+def test_auto_uses_the_family_detector_when_its_files_are_there(models_dir):
+    _tiny_detectors(models_dir)
+    det, name = call("PoseAnimateLoadPoseDetector", backend="auto: vitpose (One-to-All)", device="cpu", **LOAD)
+    assert name.startswith("vitpose (vitpose_h_wholebody.onnx + yolov10m.onnx, onnxruntime on cpu, channels official")
+    frames = torch.zeros(2, 96, 128, 3)
+    frames[:, 30:50, 40:60, 2] = 1.0
+    (poses,) = call("PoseAnimateDetectPoses", images=frames, detector=det, person="largest", missing_frames="hold_last",
+                    batch_size=8)
+    assert len(poses) == 2 and len(poses[0]["people"]) == 1
+    det, name = call("PoseAnimateLoadPoseDetector", backend="auto: dwpose (UniAnimate)", channel_order="bgr",
+                     device="cpu", **LOAD)
+    assert name == "dwpose (yolox_l.onnx + dw-ll_ucoco_384.onnx, onnxruntime on cpu, channels bgr)"
+    assert det.channel_order == "bgr"
+
+
+def test_auto_falls_back_to_the_embedded_detector_with_a_warning(models_dir, caplog):
+    pytest.importorskip("mediapipe", reason="embedded detector needs mediapipe (requirements-demo.txt)")
+    (models_dir / "pose_models").mkdir()
+    with caplog.at_level("WARNING", logger="PoseAnimate"):
+        det, name = call("PoseAnimateLoadPoseDetector", backend="auto: vitpose (One-to-All)", **LOAD)
+    assert det.name == "mediapipe" and name.startswith("mediapipe (embedded") and "instead of vitpose" in name
+    assert "yolov10m.onnx" in name and any("instead of vitpose" in r.getMessage() for r in caplog.records)
+
+
+def test_explicit_vitpose_and_gpu_without_one(models_dir):
+    _tiny_detectors(models_dir)
+    det, name = call("PoseAnimateLoadPoseDetector", backend="vitpose (onnx)", channel_order="rgb", device="cpu", **LOAD)
+    assert det.name == "vitpose" and det.channel_order == "rgb" and "channels rgb" in name
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="gpu.*CPU"):
+            call("PoseAnimateLoadPoseDetector", backend="vitpose (onnx)", device="gpu", **LOAD)

@@ -82,7 +82,7 @@ def test_pose_workflow_runs_with_odd_phone_references(monkeypatch, tmp_path, siz
             node["inputs"]["style"] = style
     from poseanimate.nodes import pose as pose_nodes
 
-    monkeypatch.setattr(pose_nodes.LoadPoseDetector, "load", lambda self, *a, **k: (SizeLimitedDetector(),))
+    monkeypatch.setattr(pose_nodes.LoadPoseDetector, "load", lambda self, *a, **k: (SizeLimitedDetector(), "size-limited stand-in"))
     clip = torch.from_numpy(sample_media.sample_driving_clip(3, (320, 400))).float() / 255
     executor = Executor(_phone_reference(*size), clip)
     executor.run(graph)

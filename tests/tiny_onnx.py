@@ -1,4 +1,5 @@
-"""Tiny ONNX stand-ins for yolox_l.onnx and dw-ll_ucoco_384.onnx, built with the onnx package.
+"""Tiny ONNX stand-ins for the detectors' files, built with the onnx package: yolox_l.onnx and
+dw-ll_ucoco_384.onnx (DWPose), yolov10m.onnx and vitpose_*_wholebody.onnx (ViTPose).
 
 They keep the real files' I/O signature (detector ``images`` [N,3,640,640] -> ``output``
 [N,8400,85]; pose ``input`` [N,3,384,288] -> ``simcc_x`` [N,133,576], ``simcc_y``
@@ -8,7 +9,12 @@ They keep the real files' I/O signature (detector ``images`` [N,3,640,640] -> ``
   optionally gated by the mean of one input channel (to check which channel order it gets);
 * pose "onehot": constant SimCC vectors peaking at chosen crop pixels with chosen scores;
 * pose "spot": SimCC = sigmoid of the column / row means of one input channel, so the
-  brightest column and row of the crop become every keypoint (checks crop geometry).
+  brightest column and row of the crop become every keypoint (checks crop geometry);
+* YOLOv10 ``images`` [N,3,640,640] -> ``output0`` [N,300,6]: constant rows x1,y1,x2,y2,score,class
+  in 640x640 pixels (optionally gated by one input channel like the YOLOX stand-in);
+* ViTPose ``input`` [N,3,256,192] -> ``heatmaps`` [N,133,64,48]: "peaks" = constant Gaussian
+  blobs at chosen sub-pixel heatmap positions; "spot" = sigmoid of the 4x4 average of one input
+  channel times a per-keypoint weight (the brightest block of the crop wins, checks geometry).
 """
 from __future__ import annotations
 
@@ -162,6 +168,151 @@ def build_pose_spot(path: Path, channel: int = 0, dynamic_batch: bool = True) ->
         ]
     inits.append(numpy_helper.from_array(np.array([-1], np.int64), "last"))
     return _save(nodes, [inp], outs, inits, path)
+
+
+def build_yolov10(path: Path, boxes, dynamic_batch: bool = False, gate_channel: int | None = None) -> Path:
+    """YOLOv10-signature model returning rows ``boxes`` = [(x1, y1, x2, y2, score, class)] (in
+    640x640 input pixels) then zero rows, for each image. With ``gate_channel`` each score is
+    multiplied by sigmoid((mean of that input channel * 255 - 128) / 4) (inputs are 0..1)."""
+    batch = "N" if dynamic_batch else 1
+    images = helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, 640, 640])
+    output = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, 300, 6])
+    rows = np.zeros((1, 300, 6), np.float32)
+    rows[0, : len(boxes)] = np.asarray(boxes, np.float32).reshape(-1, 6)
+    gated = np.zeros_like(rows)
+    if gate_channel is not None:
+        gated[..., 4], rows = rows[..., 4].copy(), rows.copy()
+        rows[..., 4] = 0.0
+    inits = [numpy_helper.from_array(rows, "rows"), numpy_helper.from_array(gated, "gated"),
+             numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
+             numpy_helper.from_array(np.array([0.5], np.float32), "mid"),
+             numpy_helper.from_array(np.array([255.0 / 4], np.float32), "gain"),
+             numpy_helper.from_array(np.array([gate_channel or 0], np.int64), "chan"),
+             numpy_helper.from_array(np.array([(gate_channel or 0) + 1], np.int64), "chan_end"),
+             numpy_helper.from_array(np.array([1], np.int64), "one")]
+    nodes = [
+        helper.make_node("Slice", ["images", "chan", "chan_end", "one"], ["ch"]),
+        helper.make_node("ReduceMean", ["ch"], ["m"], axes=[1, 2, 3], keepdims=1),  # [N,1,1,1]
+        helper.make_node("Squeeze", ["m", "one"], ["m3"]),  # [N,1,1]
+        helper.make_node("Sub", ["m3", "mid"], ["c"]),
+        helper.make_node("Mul", ["c", "gain"], ["cq"]),
+        helper.make_node("Sigmoid", ["cq"], ["gate"]),
+        helper.make_node("Mul", ["m3", "zero"], ["z"]),
+        helper.make_node("Add", ["rows", "z"], ["base"]),  # [N,300,6]
+        helper.make_node("Mul", ["gated", "gate"], ["g"]),
+        helper.make_node("Add", ["base", "g"], ["output0"]),
+    ]
+    return _save(nodes, [images], [output], inits, path)
+
+
+def gaussian_heatmaps(peaks, height: int = 64, width: int = 48, sigma: float = 2.0) -> np.ndarray:
+    """(K, H, W) float32: keypoint k is value * exp(-d^2 / 2 sigma^2) around heatmap point
+    (x, y) = peaks[k][:2] with value peaks[k][2]; value 0 gives an all-zero map (no response)."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    maps = [v * np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma ** 2)) for x, y, v in peaks]
+    return np.asarray(maps, np.float32)
+
+
+def _vitpose_io(dynamic_batch: bool, num_kp: int, in_hw=(256, 192)):
+    batch = "N" if dynamic_batch else 1
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, *in_hw])
+    out = helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, [batch, num_kp, in_hw[0] // 4, in_hw[1] // 4])
+    return inp, out
+
+
+def build_vitpose_peaks(path: Path, peaks, dynamic_batch: bool = True, sigma: float = 2.0) -> Path:
+    """ViTPose-signature model whose heatmaps are ``gaussian_heatmaps(peaks)`` for every crop."""
+    inp, out = _vitpose_io(dynamic_batch, len(peaks))
+    maps = gaussian_heatmaps(peaks, sigma=sigma)[None]
+    inits = [numpy_helper.from_array(maps, "maps"), numpy_helper.from_array(np.array([0.0], np.float32), "zero")]
+    nodes = [helper.make_node("ReduceMean", ["input"], ["m"], axes=[1, 2, 3], keepdims=1),  # [N,1,1,1]
+             helper.make_node("Mul", ["m", "zero"], ["z"]),
+             helper.make_node("Add", ["maps", "z"], ["heatmaps"])]
+    return _save(nodes, [inp], [out], inits, path)
+
+
+def build_vitpose_spot(path: Path, weights, channel: int = 0, dynamic_batch: bool = True) -> Path:
+    """ViTPose-signature model: heatmaps[n, k] = weights[k] * sigmoid(4x4 average of input
+    channel ``channel``), so every keypoint sits on the crop's brightest 4x4 block."""
+    inp, out = _vitpose_io(dynamic_batch, len(weights))
+    inits = [numpy_helper.from_array(np.array([channel], np.int64), "c0"),
+             numpy_helper.from_array(np.array([channel + 1], np.int64), "c1"),
+             numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+             numpy_helper.from_array(np.asarray(weights, np.float32).reshape(1, -1, 1, 1), "w")]
+    nodes = [helper.make_node("Slice", ["input", "c0", "c1", "ax1"], ["ch"]),  # [N,1,256,192]
+             helper.make_node("AveragePool", ["ch"], ["pool"], kernel_shape=[4, 4], strides=[4, 4]),
+             helper.make_node("Sigmoid", ["pool"], ["sig"]),
+             helper.make_node("Mul", ["sig", "w"], ["heatmaps"])]
+    return _save(nodes, [inp], [out], inits, path)
+
+
+def build_vit_like(path: Path, dim: int = 96, depth: int = 2, heads: int = 4, num_kp: int = NUM_KP, seed: int = 0) -> Path:
+    """A small ViTPose-shaped network with random weights and the real I/O ([N,3,256,192] ->
+    [N,133,64,48]): 16x16 patch-embedding conv, ``depth`` pre-norm transformer blocks
+    (LayerNormalization, MatMul attention with Softmax, Erf GELU MLP), two 4x4 stride-2
+    ConvTranspose + BatchNormalization + Relu, a 1x1 conv head. For engine parity and speed."""
+    rng = np.random.default_rng(seed)
+    tokens, head_dim = 16 * 12, dim // heads
+    inits, nodes = {}, []
+
+    def w(name, *shape, scale=None):
+        inits[name] = (rng.standard_normal(shape) * (scale or 1 / np.sqrt(np.prod(shape[1:]) or 1))).astype(np.float32)
+        return name
+
+    def const(name, value, dtype=np.int64):
+        inits[name] = np.asarray(value, dtype)
+        return name
+
+    N = helper.make_node
+    nodes += [N("Conv", ["input", w("pe_w", dim, 3, 16, 16), w("pe_b", dim, scale=0.02)], ["pe"], strides=[16, 16]),
+              N("Reshape", ["pe", const("to_seq", [0, dim, tokens])], ["seq_t"]),
+              N("Transpose", ["seq_t"], ["x0"], perm=[0, 2, 1]),
+              N("Add", ["x0", w("pos", 1, tokens, dim, scale=0.02)], ["x0p"])]
+    x = "x0p"
+    for b in range(depth):
+        p = f"b{b}_"
+        nodes += [N("LayerNormalization", [x, const(p + "g1", np.ones(dim), np.float32), const(p + "be1", np.zeros(dim), np.float32)],
+                    [p + "n1"], axis=-1, epsilon=1e-6),
+                  N("MatMul", [p + "n1", w(p + "qkv", dim, 3 * dim)], [p + "qkv_o"]),
+                  N("Reshape", [p + "qkv_o", const(p + "qkv_s", [0, tokens, 3, heads, head_dim])], [p + "qkv_r"]),
+                  N("Transpose", [p + "qkv_r"], [p + "qkv_t"], perm=[2, 0, 3, 1, 4]),
+                  N("Split", [p + "qkv_t", const(p + "sp", [1, 1, 1])], [p + "q1", p + "k1", p + "v1"], axis=0),
+                  N("Squeeze", [p + "q1", const(p + "z", [0])], [p + "q"]),
+                  N("Squeeze", [p + "k1", p + "z"], [p + "k"]),
+                  N("Squeeze", [p + "v1", p + "z"], [p + "v"]),
+                  N("Transpose", [p + "k"], [p + "kt"], perm=[0, 1, 3, 2]),
+                  N("MatMul", [p + "q", p + "kt"], [p + "att"]),
+                  N("Mul", [p + "att", const(p + "scl", head_dim ** -0.5, np.float32)], [p + "atts"]),
+                  N("Softmax", [p + "atts"], [p + "attp"], axis=-1),
+                  N("MatMul", [p + "attp", p + "v"], [p + "ctx"]),
+                  N("Transpose", [p + "ctx"], [p + "ctx_t"], perm=[0, 2, 1, 3]),
+                  N("Reshape", [p + "ctx_t", const(p + "ctx_s", [0, tokens, dim])], [p + "ctx_r"]),
+                  N("MatMul", [p + "ctx_r", w(p + "proj", dim, dim)], [p + "o"]),
+                  N("Add", [x, p + "o"], [p + "x1"]),
+                  N("LayerNormalization", [p + "x1", const(p + "g2", np.ones(dim), np.float32), const(p + "be2", np.zeros(dim), np.float32)],
+                    [p + "n2"], axis=-1, epsilon=1e-6),
+                  N("MatMul", [p + "n2", w(p + "fc1", dim, 2 * dim)], [p + "h"]),
+                  N("Div", [p + "h", const(p + "sqrt2", np.sqrt(2.0), np.float32)], [p + "hd"]),
+                  N("Erf", [p + "hd"], [p + "he"]),
+                  N("Add", [p + "he", const(p + "one", 1.0, np.float32)], [p + "he1"]),
+                  N("Mul", [p + "h", p + "he1"], [p + "hm"]),
+                  N("Mul", [p + "hm", const(p + "half", 0.5, np.float32)], [p + "g"]),
+                  N("MatMul", [p + "g", w(p + "fc2", 2 * dim, dim)], [p + "m"]),
+                  N("Add", [p + "x1", p + "m"], [p + "out"])]
+        x = p + "out"
+    nodes += [N("Transpose", [x], ["feat_t"], perm=[0, 2, 1]),
+              N("Reshape", ["feat_t", const("to_map", [0, dim, 16, 12])], ["feat"])]
+    y, ch = "feat", dim
+    for d in range(2):
+        p = f"up{d}_"
+        nodes += [N("ConvTranspose", [y, w(p + "w", ch, 64, 4, 4)], [p + "t"], strides=[2, 2], pads=[1, 1, 1, 1]),
+                  N("BatchNormalization", [p + "t", const(p + "s", np.ones(64), np.float32), const(p + "b", np.zeros(64), np.float32),
+                                           const(p + "m", np.zeros(64), np.float32), const(p + "v", np.ones(64), np.float32)], [p + "n"]),
+                  N("Relu", [p + "n"], [p + "r"])]
+        y, ch = p + "r", 64
+    nodes.append(N("Conv", [y, w("head_w", num_kp, 64, 1, 1), w("head_b", num_kp, scale=0.02)], ["heatmaps"]))
+    inp, out = _vitpose_io(True, num_kp)
+    return _save(nodes, [inp], [out], [numpy_helper.from_array(v, k) for k, v in inits.items()], path)
 
 
 def write_corrupt(path: Path, data: bytes = b"this is not an onnx model\x00\x01") -> Path:

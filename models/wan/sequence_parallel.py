@@ -91,14 +91,17 @@ class SequenceParallel:
 
 
 def _block_attention(q, k, v):
-    """Attention of one K/V block with its log-sum-exp: (out [B, S, H, D], lse [B, H, S])."""
+    """Attention of one K/V block with its float32 log-sum-exp: (out [B, S, H, D], lse [B, H, S])."""
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    if q.is_cuda:
-        from yunchang.kernels.attention import pytorch_attn_forward
-
-        return pytorch_attn_forward(q, k, v, causal=False, op_type="efficient")
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)[:2]
-    return out.transpose(1, 2), lse
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt)[:2]
+    elif q.is_cuda:  # float32 on CUDA: no fused kernel returns the lse
+        scores = (qt.float() @ kt.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+        lse = scores.logsumexp(-1)
+        out = (scores - lse.unsqueeze(-1)).exp() @ vt.float()
+    else:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)[:2]
+    return out.transpose(1, 2).to(q.dtype), lse.float()
 
 
 class SequenceParallelBackend(AttentionBackend):
