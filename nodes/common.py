@@ -13,6 +13,7 @@ import logging
 import torch
 
 from ..models.runtime.attention import available_backends
+from ..models.runtime.compile import COMPILE_CHOICES
 from ..models.runtime.lifecycle import RuntimeOptions
 from ..models.wan.scheduler import DISTILLED_STEPS, PRESETS
 from . import host
@@ -52,9 +53,28 @@ def attention_input() -> tuple:
                                   "tooltip": "auto: flash-attn 3/2 or SageAttention when installed, else PyTorch SDPA"})
 
 
-def runtime_options(block_swap: int = 0, attention: str = "auto", **extra) -> RuntimeOptions:
-    """RuntimeOptions from the values of :func:`runtime_inputs` (unknown keys go to ``extra``)."""
-    return RuntimeOptions(attention=attention, blocks_to_swap=int(block_swap), extra=extra)
+def toolkit_inputs() -> dict:
+    """Optional loader inputs of the toolkit's prepare steps (models/runtime/compile.py,
+    step_cache.py), the same in every Wan family; both off by default."""
+    return {
+        "compile": (list(COMPILE_CHOICES), {"default": "off",
+                                            "tooltip": "Regional torch.compile of the transformer blocks: the first run "
+                                                       "compiles (a minute or more), later runs are faster. Needs triton "
+                                                       "on a GPU (a C++ compiler on CPU); otherwise the model stays eager"}),
+        "step_cache_threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                           "tooltip": "First-block step cache: skip a call's later blocks when its first "
+                                                      "block changed less than this since the last computed step. 0 = off "
+                                                      "(exact); 0.05-0.15 saves calls at a small quality cost"}),
+    }
+
+
+def runtime_options(block_swap: int = 0, attention: str = "auto", compile: str = "off",
+                    step_cache_threshold: float = 0.0, **extra) -> RuntimeOptions:
+    """RuntimeOptions from the values of :func:`runtime_inputs` and :func:`toolkit_inputs`
+    (unknown keys go to ``extra``)."""
+    threshold = float(step_cache_threshold or 0.0)
+    return RuntimeOptions(attention=attention, blocks_to_swap=int(block_swap), compile=compile or "off",
+                          cache="first_block" if threshold > 0 else "off", cache_threshold=threshold, extra=extra)
 
 
 def preset_input() -> tuple:

@@ -87,13 +87,15 @@ def list_models(kind: str, extensions: set[str] | None = None) -> list[str]:
     """Relative names of the files in a model folder (what a COMBO input lists)."""
     exts = extensions or WEIGHT_EXTENSIONS
     fp = _folder_paths()
+    names: set[str] = set()
     if fp is not None:
         try:
-            names = fp.get_filename_list(kind)
+            names = {n for n in fp.get_filename_list(kind) if Path(n).suffix.lower() in exts}
         except KeyError:
-            names = []
-        return sorted(n for n in names if Path(n).suffix.lower() in exts)
-    names: set[str] = set()
+            names = set()
+        exts = exts & {".gguf"}  # ComfyUI's own lists leave GGUF files out: scan for them below
+        if not exts:
+            return sorted(names)
     for base in folder_paths_for(kind):
         root = Path(base)
         if not root.is_dir():

@@ -28,7 +28,8 @@ from ..models.one_to_all.guidance import ONE_TO_ALL_NEGATIVE_PROMPT
 from ..models.runtime import precision as wan_precision
 from ..pose import frames, keypoints, render
 from . import host
-from .common import chosen_loras, lora_inputs, model_choices, preset_input, run_sampler, runtime_inputs, runtime_options
+from .common import (chosen_loras, lora_inputs, model_choices, preset_input, run_sampler, runtime_inputs, runtime_options,
+                     toolkit_inputs)
 from .wan import EMBEDS_TYPE, VAE_TYPE, WanTextEncode
 
 CATEGORY = "PoseAnimate/one_to_all"
@@ -60,6 +61,7 @@ class OneToAllLoader:
                 "lora_mode": (["merged", "unmerged"], {"default": "merged",
                                                        "tooltip": "merged: added into the weights once (fastest); unmerged: "
                                                                   "side branches over the (fp8) weights"}),
+                **toolkit_inputs(),
             },
         }
 
@@ -80,7 +82,7 @@ class OneToAllLoader:
         loras = chosen_loras(slots, LORA_SLOTS)
         model = load_one_to_all(path, dtype=dtype, device="cpu", weight_dtype=weight_dtype, loras=loras,
                                 merge=lora_mode == "merged")
-        options = runtime_options(block_swap, attention)
+        options = runtime_options(block_swap, attention, slots.pop("compile", "off"), slots.pop("step_cache_threshold", 0.0))
         info = {"loras": [(p.name, s) for p, s in loras], "merged": lora_mode == "merged"}
         return (pipeline.OneToAllModel(model.eval(), dtype, host.torch_device(), model_name, host.offload_device(),
                                        options, info),)

@@ -23,7 +23,7 @@ from ..models.runtime import precision as wan_precision
 from ..pose import frames
 from . import host
 from .common import (chosen_loras, lora_inputs, model_choices, preset_input, released_after_run, run_sampler,
-                     runtime_inputs, runtime_options)
+                     runtime_inputs, runtime_options, toolkit_inputs)
 from .wan import CLIP_VISION_TYPE, EMBEDS_TYPE, VAE_TYPE
 
 CATEGORY = "PoseAnimate/unianimate"
@@ -45,7 +45,7 @@ class UniAnimateLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        optional = lora_inputs(EXTRA_LORAS, "Any Wan2.1 LoRA in models/loras, stacked on top")
+        optional = {**lora_inputs(EXTRA_LORAS, "Any Wan2.1 LoRA in models/loras, stacked on top"), **toolkit_inputs()}
         return {
             "required": {
                 "base_model": (model_choices("diffusion_models", DEFAULT_BASE), {"tooltip": "Wan2.1-I2V-14B (720P, as official) in models/diffusion_models: "
@@ -87,7 +87,8 @@ class UniAnimateLoader:
                                                      lora_scale=float(unianimate_strength), merge=merge, extra_loras=loras)
         info = {"base": base_model, "unianimate": unianimate_file, "merged": merge, "loras": [str(p.name) for p, _ in loras]}
         return (pipeline.UniAnimateModel(transformer, pose_encoders, dtype, host.torch_device(), host.offload_device(),
-                                         runtime_options(block_swap, attention), info),)
+                                         runtime_options(block_swap, attention, extra.get("compile", "off"),
+                                                         extra.get("step_cache_threshold", 0.0)), info),)
 
 
 class WanCLIPVisionEncode:

@@ -29,3 +29,19 @@ def test_progress_and_interrupt_are_harmless_without_comfyui():
     for _ in range(3):
         cb()
     host.free_memory()
+
+
+def test_gguf_files_are_listed_under_comfyui_too(models_dir, monkeypatch):
+    """ComfyUI's diffusion_models list filters by its own extensions (no .gguf): the pack adds them."""
+    import sys
+    import types
+
+    folder = models_dir / "diffusion_models"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("wan.safetensors", "sub/wan-Q8_0.gguf", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    fake = types.SimpleNamespace(get_filename_list=lambda kind: ["wan.safetensors"],
+                                 get_folder_paths=lambda kind: [str(folder)])
+    monkeypatch.setitem(sys.modules, "folder_paths", fake)
+    assert host.list_models("diffusion_models") == ["sub/wan-Q8_0.gguf", "wan.safetensors"]
+    assert host.list_models("diffusion_models", {".safetensors"}) == ["wan.safetensors"]

@@ -27,6 +27,8 @@ from typing import Callable
 
 import torch
 
+from ..runtime.step_cache import call_key
+
 # Negative prompt of the released inference scripts (the hosted endpoint uses Wan's default).
 ONE_TO_ALL_NEGATIVE_PROMPT = (
     "black background, Aerial view, aerial view, overexposed, low quality, deformation, a poor composition, "
@@ -159,8 +161,9 @@ def guided_velocity(model: Callable, plan: GuidancePlan, conditions: Conditions,
     outputs: dict[str, torch.Tensor] = {}
     for call in plan.calls:
         kw = conditions.inputs_for(call)
-        outputs[call.name] = model(hidden_states=latents, timestep=timestep, **kw,
-                                   token_replace=bool(token_replace), return_dict=False)[0]
+        with call_key(call.name):  # each call type has its own step-cache entry
+            outputs[call.name] = model(hidden_states=latents, timestep=timestep, **kw,
+                                       token_replace=bool(token_replace), return_dict=False)[0]
     velocity = plan.combine(outputs)
     outputs.clear()
     return velocity

@@ -75,6 +75,7 @@ class OneToAllTransformer(WanTransformer3DModel):
 
     _no_split_modules = ["OneToAllBlock", "TextFreeBlock"]
     _repeated_blocks = ["OneToAllBlock"]
+    poseanimate_step_cache_native = True  # forward consults models.runtime.step_cache itself
 
     @register_to_config
     def __init__(
@@ -196,6 +197,9 @@ class OneToAllTransformer(WanTransformer3DModel):
                              f"{tuple(image_latents.shape)} for hidden_states {tuple(hidden_states.shape)}")
         dtype = self.patch_embedding.weight.dtype
         backend = getattr(self, "poseanimate_attention", None)
+        cache = getattr(self, "poseanimate_step_cache", None)
+        cache_tag = (tuple(hidden_states.shape), id(encoder_hidden_states), id(image_latents),
+                     float(conditioning_scale), bool(token_replace), controlnet_cond is not None)
         timestep = timestep.reshape(-1)
         encoder_hidden_states = encoder_hidden_states.to(dtype)
 
@@ -232,9 +236,10 @@ class OneToAllTransformer(WanTransformer3DModel):
             tokens, freqs, spans = sp.shard(tokens), sp.shard(freqs), sp.shard_spans(spans, seq)
             pose_tokens = sp.shard(pose_tokens) if pose_tokens is not None else None
             backend = sp.backend(backend)
+            cache = None  # ranks would decide to skip differently and desynchronise their collectives
 
         x = tokens
-        first_out = control = None
+        first_out = control = cached = None
         for i, block in enumerate(self.blocks):
             ref = ref_samples[self.ref_sample_index(i)]
             x = block(x, context, spans, freqs, ref, ref_freqs, backend)
@@ -245,6 +250,13 @@ class OneToAllTransformer(WanTransformer3DModel):
                 x = x + self.controlnet_zero[j](control) * conditioning_scale
             if i == 0:
                 first_out = x
+                if cache is not None:  # step cache: the later blocks (and the ControlNet) may be skipped
+                    cached = cache.after_first_block(cache_tag, timestep, tokens, x)
+                    if cached is not None:
+                        x = cached
+                        break
+        if cache is not None and cached is None:
+            cache.after_last_block(x)
         if sp is not None:
             x = sp.gather(x)
 

@@ -74,7 +74,7 @@ class Step:
 
 _STEPS: dict[str, Step] = {}
 # Modules that register steps when imported (the toolkit adds its compile / cache modules here).
-_STEP_MODULES: tuple[str, ...] = ()
+_STEP_MODULES: tuple[str, ...] = ("compile", "step_cache")
 
 
 def prepare_step(name: str, order: int, release: Callable[["RuntimeModel"], None] | None = None):

@@ -45,9 +45,12 @@ def read_state_dict(path: Path, device="cpu") -> dict[str, torch.Tensor]:
         return _read_safetensors(path, device)
     if name.endswith(PICKLE_SUFFIXES):
         return _read_pickle(path, device)
+    if name.endswith(".gguf"):  # quantized tensors stay on the CPU until their model moves
+        from .gguf import read_gguf
+        return read_gguf(path)
     raise WeightsError(
         f"{path.name}: unsupported weight file type; use .safetensors (preferred), a sharded "
-        f"'*.safetensors.index.json', or a PyTorch '.pth/.pt/.ckpt/.bin' state dict")
+        f"'*.safetensors.index.json', a GGUF (.gguf), or a PyTorch '.pth/.pt/.ckpt/.bin' state dict")
 
 
 def _read_safetensors(path: Path, device) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..runtime.step_cache import call_key
 from ..runtime.images import FrameError, to_uint8_rgb
 from ..runtime.lifecycle import RuntimeOptions, SampleResult
 from ..wan.model import WanModel
@@ -337,8 +338,10 @@ def denoise(transformer, pose_token_fn: Callable[[win.Window], torch.Tensor], co
             x = x.to(device, copy=True)
             if window.private:
                 x[:, :, : window.private] = states[index].to(device)
-            pos = forward(x, t, ctx_pos, tokens.get(index))
-            neg = forward(x, t, ctx_neg, None) if ctx_neg is not None else None
+            with call_key((index, "cond")):  # step cache: one entry per window and guidance call
+                pos = forward(x, t, ctx_pos, tokens.get(index))
+            with call_key((index, "uncond")):
+                neg = forward(x, t, ctx_neg, None) if ctx_neg is not None else None
             if on_window is not None:
                 on_window(step, index, window, pos, neg)
             velocity = pos if neg is None else neg + cfg * (pos - neg)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import WanTransformer3DModel
 
+from ..runtime.gguf import QuantizedWeight
 from ..wan import loading
 from ..runtime.attention import attention
 from ..wan.attention import TEXT_CONTEXT_LENGTH
@@ -109,6 +110,8 @@ def unianimate_from_state_dicts(base_sd: dict, unianimate: UniAnimateFile, dtype
                                 source: str = "", pose_dtype=torch.float32):
     """(UniAnimateTransformer, PoseEncoders) from an already-read base DiT state dict (any layout,
     meta tensors allowed) and a parsed UniAnimate file. ``base_sd`` is consumed."""
+    # GGUF blocks cannot absorb a merge: their LoRAs run as unmerged branches.
+    merge = merge and not any(isinstance(v, QuantizedWeight) for v in base_sd.values())
     quantize_after = merge_before_fp8(base_sd, weight_dtype, merge, has_loras=True)  # the UniAnimate LoRA
     model = loading.transformer_from_state_dict(
         base_sd, dtype, device, None if quantize_after else weight_dtype, num_attention_heads=num_attention_heads,

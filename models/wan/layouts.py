@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from ..runtime.gguf import GGUF_MARKER
 from ..runtime.weights import WanWeightsError
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "clip_vision")
@@ -61,7 +62,9 @@ def detect_layout(keys: Iterable[str], component: str) -> str:
 
     transformer: "official" (original Wan names, also ComfyUI's repackaged files), "comfy"
     (original names under ``model.diffusion_model.``), "comfy_fp8_scaled" (original names with
-    per-layer fp8 scales), "diffusers", "diffusers_fp8_scaled".
+    per-layer fp8 scales), "diffusers", "diffusers_fp8_scaled"; a GGUF file (ComfyUI-GGUF's
+    layout: original names, quantized blocks; its reader adds ``GGUF_MARKER``) is "official_gguf"
+    or "comfy_gguf" ("diffusers_gguf" for diffusers names, e.g. One-to-All's own naming).
     vae: "official" (Wan2.1_VAE.pth; ComfyUI's wan_2.1_vae uses the same names), "diffusers".
     text_encoder: "official" (Wan's own T5 names), "diffusers" (transformers names), "comfy"
     (transformers names plus the ``spiece_model`` tokenizer tensor), "comfy_fp8_scaled".
@@ -77,10 +80,14 @@ def detect_layout(keys: Iterable[str], component: str) -> str:
         base = {k[len(prefix):] for k in keys if k.startswith(prefix)}
         scaled = scaled or (prefix + FP8_MARKER) in keys
         if _MARKERS["transformer"]["official"] in base or "blocks.0.self_attn.q.weight" in base:
+            if GGUF_MARKER in keys:
+                return "comfy_gguf" if prefix else "official_gguf"
             if scaled:
                 return "comfy_fp8_scaled"
             return "comfy" if prefix else "official"
         if _MARKERS["transformer"]["diffusers"] in base or "blocks.0.attn1.to_q.weight" in base:
+            if GGUF_MARKER in keys:
+                return "diffusers_gguf"
             return "diffusers_fp8_scaled" if scaled else "diffusers"
     elif component == "vae":
         if WAN22_VAE_MARKER in keys:
@@ -158,7 +165,7 @@ def normalise_quant_keys(sd: dict, prefix: str = "") -> dict:
     for key, value in sd.items():
         if prefix and key.startswith(prefix):
             key = key[len(prefix):]
-        if key == FP8_MARKER or key.endswith(DROPPED_SUFFIXES):
+        if key in (FP8_MARKER, GGUF_MARKER) or key.endswith(DROPPED_SUFFIXES):
             continue
         module, leaf = _split(key)
         if leaf in SCALE_RENAMES:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..runtime.gguf import install_gguf_layers, take_quantized
 from . import layouts
 from ..runtime.fp8 import FP8_DTYPES, convert_to_fp8, default_fp8_filter, dequantize_weight, quantize_weight
 from .layouts import PICK_HINT, detect_layout
@@ -195,8 +196,11 @@ def transformer_from_state_dict(sd: dict, dtype=torch.bfloat16, device="cpu", we
     if consume:
         sd.clear()  # the converted dict now holds the only references
     config = transformer_config_from_state_dict(converted, num_attention_heads)
+    quantized = take_quantized(converted)  # GGUF blocks: kept as they are, unpacked per layer at run time
     with empty_parameters():
         model = model_factory(config) if model_factory else WanTransformer3DModel(**config)
+    if quantized:
+        install_gguf_layers(model, quantized, converted, dtype, source)
     fp8_layers: set[str] = set()
     if weight_dtype is not None:
         if weight_dtype not in FP8_DTYPES:
