@@ -117,3 +117,23 @@ def test_loader_node_takes_lora_slots(models_dir):
         wan_tiny.write_file(models_dir / "loras" / "deep.safetensors",
                             ut.tiny_wan_lora_sd("comfy", dim=DIM, ffn_dim=CFG["ffn_dim"], num_layers=4))
         node.load(one_to_all_tiny.TRANSFORMER_FILE, precision="fp32", lora_1="deep.safetensors")
+
+
+def test_lora_over_gguf_weights_runs_unmerged(base):
+    """A GGUF (quantized) One-to-All cannot absorb a merge: the LoRA runs as side branches over the
+    packed blocks, and the output follows the full-precision merged model (within Q8_0 error)."""
+    import gguf_tiny as G
+    from poseanimate.models.runtime.gguf import gguf_summary
+
+    path, sd, folder = base
+    lora = wan_tiny.write_file(folder / "comfy_gguf.safetensors", t2v_lora("comfy", seed=9))
+    gguf_path = G.write_gguf(folder / "o2a-Q8_0.gguf", {k: v.clone() for k, v in sd.items()}, "Q8_0")
+    quant = load_one_to_all(gguf_path, dtype=torch.float32, loras=[(lora, 3.0)], merge=True)
+    assert gguf_summary(quant)["Q8_0"] > 0 and any(isinstance(m, LoRALinear) for m in quant.modules())
+    bare = load_one_to_all(gguf_path, dtype=torch.float32)
+    plain = load_one_to_all(path, dtype=torch.float32, loras=[(lora, 3.0)])
+    kw = _inputs(plain)
+    with torch.no_grad():
+        got, want, without = quant(**kw)[0], plain(**kw)[0], bare(**kw)[0]
+    assert (got - want).abs().max() < 0.5 * (without - want).abs().max()  # the LoRA's effect is there
+    assert (got - want).abs().max() < 2e-2 * want.abs().max()

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..runtime.fp8 import convert_to_fp8
+from ..runtime.gguf import QuantizedWeight
 from ..runtime.lora import merge_before_fp8
 from ..wan.loading import convert_transformer_state_dict, transformer_from_state_dict
 from ..wan.lora_keys import apply_wan_loras
@@ -132,6 +133,8 @@ def one_to_all_from_state_dict(sd: dict, dtype=torch.bfloat16, device="cpu", wei
     reads; a Wan2.1-T2V LoRA lands on the main blocks (mapping: models/wan/lora_keys.py).
     ``merge``: added into the weights (an fp8 choice then quantises after merging a full-precision
     file), else kept as side branches over the (fp8) weights."""
+    # GGUF blocks cannot absorb a merge: their LoRAs run as unmerged branches (as UniAnimate's do).
+    merge = merge and not any(isinstance(v, QuantizedWeight) for v in sd.values())
     quantize_after = merge_before_fp8(sd, weight_dtype, merge, has_loras=bool(loras))
     converted, layout = convert_transformer_state_dict(sd)
     if not layout.startswith("diffusers"):
