@@ -11,6 +11,9 @@
                                UniAnimate upper-arm width at the 480p model input: the official drawing, and the
                                smallest / largest through our path for 512x768, 1080x1920 and 3024x4032 references
 
+    pose_jitter_reduction      mean keypoint acceleration with One-Euro smoothing (strength 0.5) over raw, same clip
+    pose_smooth_lag_px         mean keypoint displacement the smoothing causes (pose_smooth_bench.py)
+
     --frames N sets the clip length of the memory figure (default 300; it needs ~12 GB of RAM).
 """
 from __future__ import annotations
@@ -52,6 +55,11 @@ def main() -> None:
         return
     for name in ("pose_detect_fps", "pose_detect_overhead"):
         print(f"{name}: {figures[name]:.3f}")
+    from pose_smooth_bench import measure_jitter
+
+    jitter = measure_jitter(clip)
+    for name in ("pose_jitter_reduction", "pose_smooth_lag_px"):
+        print(f"{name}: {jitter[name]:.3f}")
 
 
 if __name__ == "__main__":

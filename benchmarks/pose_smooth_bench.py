@@ -24,25 +24,34 @@ from poseanimate.pose import detect, sample_media, smoothing  # noqa: E402
 from poseanimate.pose.keypoints import KEEP_THRESHOLD  # noqa: E402
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=48)
-    ap.add_argument("--strength", type=float, default=0.5)
-    args = ap.parse_args()
-    clip = sample_media.sample_driving_clip(args.frames)
+def measure_jitter(clip, strength: float = 0.5) -> dict:
+    """pose_jitter_reduction (mean keypoint acceleration, smoothed over raw) and pose_smooth_lag_px on
+    ``clip`` with the embedded detector; also the raw / smoothed jitter in pixels."""
     detector = detect.load_detector("mediapipe")
     raw = detect.detect_video(detector, clip, person="largest", missing="hold_last")
-    smooth = detect.detect_video(detector, clip, person="largest", missing="hold_last", smoothing=args.strength)
+    smooth = detect.detect_video(detector, clip, person="largest", missing="hold_last", smoothing=strength)
     before, after = smoothing.jitter(raw), smoothing.jitter(smooth)
     lag = []
     for r, s in zip(raw, smooth):
         if r.num_people and s.num_people:
             ok = r.people[0][:, 2] >= KEEP_THRESHOLD
             lag.append(np.linalg.norm((r.people[0][ok, :2] - s.people[0][ok, :2]) * [r.width, r.height], axis=1))
+    return {"jitter_raw_px": before, "jitter_smoothed_px": after,
+            "pose_jitter_reduction": after / before if before else float("nan"),
+            "pose_smooth_lag_px": float(np.concatenate(lag).mean()) if lag else float("nan")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=48)
+    ap.add_argument("--strength", type=float, default=0.5)
+    args = ap.parse_args()
+    clip = sample_media.sample_driving_clip(args.frames)
+    f = measure_jitter(clip, args.strength)
     print(f"# {args.frames} frames {clip.shape[2]}x{clip.shape[1]}, mediapipe, strength {args.strength}: "
-          f"jitter raw {before:.3f} px, smoothed {after:.3f} px", flush=True)
-    print(f"pose_jitter_reduction: {after / before:.3f}" if before else "pose_jitter_reduction: nan")
-    print(f"pose_smooth_lag_px: {float(np.concatenate(lag).mean()) if lag else float('nan'):.3f}")
+          f"jitter raw {f['jitter_raw_px']:.3f} px, smoothed {f['jitter_smoothed_px']:.3f} px", flush=True)
+    print(f"pose_jitter_reduction: {f['pose_jitter_reduction']:.3f}")
+    print(f"pose_smooth_lag_px: {f['pose_smooth_lag_px']:.3f}")
 
 
 if __name__ == "__main__":
