@@ -75,6 +75,7 @@ def _worker(rank, world, port, out, families):
             results[name + "_split_calls"] = sp.split_attention_calls - before
         if rank == 0:
             torch.save(results, out)
+        dist.barrier()  # no rank tears gloo down while its peer may still be talking to it
     finally:
         dist.destroy_process_group()
 
