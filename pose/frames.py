@@ -22,6 +22,7 @@ import numpy as np
 from ..models.runtime.images import (RESOLUTIONS, FrameError, as_image_batch, floor_to_multiple,  # noqa: F401
                                      iter_uint8_chunks, size_for_resolution, size_for_short_side,
                                      to_image_tensor, to_uint8_rgb)
+from ..models.runtime.placement import available_memory
 
 
 def select_indices(num_frames: int, every_nth: int = 1, max_frames: int = 0, skip_first: int = 0) -> list[int]:
@@ -212,22 +213,6 @@ def prepare_driving_image(images, reference_size: tuple[int, int] | None = None,
         done += len(crops)
     return out
 
-
-def available_memory() -> int | None:
-    """Bytes of memory the OS can still give (Linux MemAvailable; psutil elsewhere; None if unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except Exception:  # noqa: BLE001 - unknown platform: no check
-        return None
 
 
 class NotEnoughMemoryError(MemoryError):

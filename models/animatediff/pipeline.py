@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..runtime.placement import available_memory
 from . import context_windows as cw
 from . import prompt_weights as pw
 from . import samplers as sm
@@ -190,15 +191,8 @@ class DiffusersMotionUNet(torch.nn.Module):
 
 
 def _mem_available() -> int:
-    """MemAvailable from /proc/meminfo in bytes (0 where unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    """Free host memory in bytes (0 where unknown)."""
+    return available_memory() or 0
 
 
 def _unwrap(out):

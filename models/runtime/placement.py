@@ -351,3 +351,21 @@ def empty_cache(device: torch.device | str | None = None) -> None:
     """Return cached CUDA blocks to the driver (no-op elsewhere)."""
     if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
         torch.cuda.empty_cache()
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the OS can still give (Linux MemAvailable; psutil elsewhere; None if unknown).
+    Used to refuse or shrink host-memory allocations before they are made."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - unknown platform: no check
+        return None
