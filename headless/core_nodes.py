@@ -13,6 +13,7 @@ import os
 import re
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -23,6 +24,10 @@ class Video:
 
     def __init__(self, images, fps, audio=None):
         self.images, self.fps, self.audio = images, fps, audio
+
+    def get_components(self):
+        """ComfyUI's VideoInput.get_components (what the pack's Get Video Components calls)."""
+        return SimpleNamespace(images=self.images, audio=self.audio, frame_rate=self.fps)
 
 
 def inside(root, name: str, what: str) -> Path:

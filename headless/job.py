@@ -153,7 +153,7 @@ def pose_stage(graph: dict, missing: list[MissingModel], name: str) -> dict:
     kept = {k: v for k, v in g.items() if k not in dropped}
     renders = [k for k, v in kept.items() if v["class_type"] == "PoseAnimateRenderPoses"]
     fed = [v[0] for k in dropped for v in g[k]["inputs"].values() if graph_executor._is_link(v) and v[0] in renders]
-    components = [k for k, v in kept.items() if v["class_type"] == "GetVideoComponents"]
+    components = [k for k, v in kept.items() if v["class_type"] in ("PoseAnimateVideoComponents", "GetVideoComponents")]
     if not renders or not components:
         raise graph_executor.GraphError(f"{name}: the workflow has no pose stage to run without the models")
     render = (fed or renders)[0]

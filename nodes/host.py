@@ -418,6 +418,19 @@ def resolve_input_file(name: str) -> Path:
     return candidate
 
 
+def video_file_source(video):
+    """The file behind a VIDEO from ComfyUI's Load Video (a path or file object), else None.
+
+    None for videos built in memory (Create Video, the headless executor): those give their
+    frames through ``get_components()``; re-encoding them to read a file back would lose quality.
+    """
+    try:
+        from comfy_api.latest import InputImpl  # type: ignore
+    except ImportError:
+        return None
+    return video.get_stream_source() if isinstance(video, InputImpl.VideoFromFile) else None
+
+
 # ------------------------------------------------------------------ ComfyUI memory manager
 class ComfyMemoryManager:
     """Route a ``Placement``'s moves through ComfyUI's model management when hosted.

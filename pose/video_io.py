@@ -1,14 +1,19 @@
 """Video files in and out (PyAV), for the command-line job and the tests.
 
-Inside ComfyUI, video I/O belongs to ComfyUI's own Load/Save Video nodes; this is
-for the headless demo and for writing the pose video the models consume.
+Inside ComfyUI, loading and saving belong to ComfyUI's own Load/Save Video nodes; the pack's
+Get Video Components reads their file here (clear errors for videos without frames, one float
+buffer), and the headless demo reads and writes its videos here.
 """
 from __future__ import annotations
 
+import io
+import logging
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+_log = logging.getLogger("PoseAnimate")
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 16.0, crf: int = 18) -> Path:
@@ -34,18 +39,111 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 16.0, crf: int 
     return path
 
 
-def read_video(path: str | Path, max_frames: int = 0) -> tuple[np.ndarray, float]:
-    """Read a video file -> ((T, H, W, 3) uint8 RGB, fps)."""
+class VideoFileError(ValueError):
+    """A video that cannot give frames; the message names the file and what to load instead."""
+
+
+LOAD_A_VIDEO = "load a video that plays in a media player (an H.264 .mp4, .webm or .mov with at least one frame)"
+
+
+def _video_stream(container, name: str):
+    """The first video stream, or a VideoFileError that says the file has none (0 frames)."""
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["no streams at all"]
+        raise VideoFileError(f"{name} has no video stream (0 frames; it holds {', '.join(kinds)}): it is empty, "
+                             f"audio-only or was cut off while being written; {LOAD_A_VIDEO}.")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"  # frame threads: 1080p decodes several times faster
+    return stream
+
+
+def _open(source, name: str):
+    import av
+
+    if isinstance(source, io.IOBase):
+        source.seek(0)
+    try:
+        return av.open(source if isinstance(source, io.IOBase) else str(source))
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        raise VideoFileError(f"{name} cannot be read as a video ({exc}); {LOAD_A_VIDEO}.") from exc
+
+
+def _decode_rgb(container, stream, name: str, max_frames: int = 0) -> list[np.ndarray]:
+    """(H, W, 3) uint8 frames. A file that breaks off part-way keeps the frames before the break (logged)."""
     import av
 
     frames = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 16)
+    try:
         for frame in container.decode(stream):
             frames.append(frame.to_ndarray(format="rgb24"))
             if max_frames and len(frames) >= max_frames:
                 break
+    except av.error.FFmpegError as exc:
+        if not frames:
+            raise VideoFileError(f"{name} cannot be decoded ({exc}); {LOAD_A_VIDEO}.") from exc
+        _log.warning("%s: decoding stopped after frame %d (%s); using the %d frames before it",
+                     name, len(frames), exc, len(frames))
     if not frames:
-        raise ValueError(f"{path}: no video frames could be decoded")
-    return np.stack(frames), fps
+        raise VideoFileError(f"{name} has a video stream but 0 frames could be decoded from it; {LOAD_A_VIDEO}.")
+    return frames
+
+
+def _fps(stream) -> float:
+    rate = stream.average_rate or stream.guessed_rate
+    return float(rate) if rate else 1.0  # ComfyUI's Get Video Components falls back to 1 as well
+
+
+def read_video(path: str | Path, max_frames: int = 0) -> tuple[np.ndarray, float]:
+    """Read a video file -> ((T, H, W, 3) uint8 RGB, fps)."""
+    name = Path(path).name
+    with _open(path, name) as container:
+        stream = _video_stream(container, name)
+        return np.stack(_decode_rgb(container, stream, name, max_frames)), _fps(stream)
+
+
+def decode_components(source, name: str = "the video"):
+    """A video file (path or file object) -> (frames, audio, fps) as ComfyUI's Get Video Components gives them.
+
+    frames: (T, H, W, 3) float32 in [0, 1], equal to ComfyUI's ``uint8 / 255.0``; audio: ComfyUI's
+    AUDIO dict (float waveform (1, channels, samples), sample_rate) or None. ComfyUI keeps every
+    decoded frame as float32 and then stacks them (two float copies of the clip at the peak: 15 GB
+    for 300 frames of 1080p); here the frames are kept as uint8 and copied one by one into a single
+    float buffer (1.25 copies at the peak).
+    """
+    import torch
+
+    with _open(source, name) as container:
+        stream = _video_stream(container, name)
+        fps = _fps(stream)
+        decoded = _decode_rgb(container, stream, name)
+        audio = _decode_audio(container, name)
+    t, (h, w, c) = len(decoded), decoded[0].shape
+    images = torch.empty((t, h, w, c), dtype=torch.float32)
+    for i in range(t):
+        frame = torch.from_numpy(decoded[i])
+        decoded[i] = None  # each uint8 frame is freed once copied
+        torch.div(frame, 255.0, out=images[i])
+    return images, audio, fps
+
+
+def _decode_audio(container, name: str):
+    """The first audio stream as ComfyUI's AUDIO dict (float planar), or None."""
+    import av
+    import torch
+
+    if not container.streams.audio:
+        return None
+    stream = container.streams.audio[0]
+    resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
+    chunks = []
+    try:
+        container.seek(0)
+        for frame in container.decode(stream):
+            chunks += [f.to_ndarray() for f in resampler.resample(frame)]
+        chunks += [f.to_ndarray() for f in resampler.resample(None)]
+    except av.error.FFmpegError as exc:
+        _log.warning("%s: the audio could not be decoded (%s); the video is used without sound", name, exc)
+        return None
+    if not chunks:
+        return None
+    return {"waveform": torch.from_numpy(np.concatenate(chunks, axis=1))[None], "sample_rate": int(stream.rate or 1)}

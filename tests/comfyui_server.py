@@ -171,6 +171,15 @@ class ComfyServer:
             self.proc.kill()
             self.proc.wait(timeout=15)
 
+    def peak_rss_gb(self) -> float | None:
+        """The server process's peak resident memory so far (Linux VmHWM), or None where unknown."""
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except (AttributeError, OSError):
+            return None
+        kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
+        return None if kb is None else kb / 2**20
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 

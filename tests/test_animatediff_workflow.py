@@ -1,6 +1,6 @@
 """The AnimateDiff v2v workflow (API twin) run end to end through the node classes on tiny weights.
 
-ComfyUI's core video nodes (LoadVideo, GetVideoComponents, CreateVideo, SaveVideo) are
+ComfyUI's core video nodes (LoadVideo, CreateVideo, SaveVideo) are
 replaced by minimal stand-ins; every PoseAnimate node is the real class, called as ComfyUI
 calls it (INPUT_TYPES, FUNCTION, return tuples).
 """
@@ -16,13 +16,14 @@ from workflow_executor import widget_names
 from poseanimate.headless.executor import Executor
 from poseanimate.nodes import animatediff as ad_nodes
 from poseanimate.nodes import pose as pose_nodes
+from poseanimate.nodes import video as video_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("animatediff_v2v", "animatediff_v2v_pose")  # hosted twin (no ControlNet) and the pose-ControlNet one
 API = json.loads((ROOT / "workflows" / "api" / "animatediff_v2v.json").read_text())
 UI = json.loads(ui_workflow("animatediff_v2v").read_text())
 API_POSE = json.loads((ROOT / "workflows" / "api" / "animatediff_v2v_pose.json").read_text())
-CORE_WIDGETS = {"LoadVideo": ["file"], "GetVideoComponents": [], "CreateVideo": ["fps"],
+CORE_WIDGETS = {"LoadVideo": ["file"], "CreateVideo": ["fps"],
                 "SaveVideo": ["filename_prefix", "format", "codec"]}
 
 
@@ -100,7 +101,7 @@ def test_ui_matches_api_twin(name):
     """Each UI node is its API node: same type, links and widget values in INPUT_TYPES order."""
     API = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
     UI = json.loads(ui_workflow(name).read_text())
-    classes = {**ad_nodes.NODE_CLASS_MAPPINGS, **pose_nodes.NODE_CLASS_MAPPINGS}
+    classes = {**ad_nodes.NODE_CLASS_MAPPINGS, **pose_nodes.NODE_CLASS_MAPPINGS, **video_nodes.NODE_CLASS_MAPPINGS}
     links = {l[0]: l for l in UI["links"]}
     ui_nodes = {str(n["id"]): n for n in UI["nodes"] if n["type"] != "Note"}
     assert set(ui_nodes) == set(API)

@@ -16,7 +16,7 @@ Generic on purpose, so later workflows are picked up by dropping files in workfl
   temp models dir (one sub-folder per ComfyUI folder name, files named exactly as the
   workflows name them); every sub-folder is mapped in extra_model_paths.yaml;
 * expected video: frames = driving frames after PoseAnimatePrepareDrivingVideo's settings,
-  size = the reference's, fps = CreateVideo's (the clip's when wired from GetVideoComponents,
+  size = the reference's, fps = CreateVideo's (the clip's when wired from Get Video Components,
   divided by select_every_nth when wired from PoseAnimatePrepareDrivingVideo); a workflow that changes these states its own in the SaveVideo node's
   ``_meta.poseanimate_expect`` = {"frames": n, "width": w, "height": h, "fps": f}.
 
@@ -193,7 +193,7 @@ def _expected_video(prompt: dict, save_id: str) -> dict:
             fps = prompt[video_src]["inputs"]["fps"]
             if not isinstance(fps, list):
                 expect["fps"] = float(fps)
-            elif prompt[str(fps[0])]["class_type"] == "GetVideoComponents":
+            elif prompt[str(fps[0])]["class_type"] in ("GetVideoComponents", "PoseAnimateVideoComponents"):
                 expect["fps"] = float(CLIP_FPS)  # the driving clip's own rate
             elif prompt[str(fps[0])]["class_type"] == "PoseAnimatePrepareDrivingVideo":
                 nth = int(prompt[str(fps[0])]["inputs"].get("select_every_nth", 1))
@@ -241,7 +241,7 @@ def _pose_prompt(image: str, video: str, **node_inputs) -> dict:
     prompt = {
         "1": {"class_type": "LoadImage", "inputs": {"image": image}},
         "2": {"class_type": "LoadVideo", "inputs": {"file": video}},
-        "3": {"class_type": "GetVideoComponents", "inputs": {"video": ["2", 0]}},
+        "3": {"class_type": "PoseAnimateVideoComponents", "inputs": {"video": ["2", 0]}},
         "4": {"class_type": "PoseAnimateLoadPoseDetector",
               "inputs": {"backend": "mediapipe (embedded)", "dwpose_detector": "yolox_l.onnx",
                          "dwpose_model": "dw-ll_ucoco_384.onnx"}},

@@ -1,6 +1,6 @@
 """The One-to-All Animation workflow (API twin) run end to end through the node classes on tiny weights.
 
-ComfyUI's core nodes (LoadImage, LoadVideo, GetVideoComponents, CreateVideo, SaveVideo) are
+ComfyUI's core nodes (LoadImage, LoadVideo, CreateVideo, SaveVideo) are
 minimal stand-ins; every PoseAnimate node is the real class, called as ComfyUI calls it
 (INPUT_TYPES, FUNCTION, return tuples). The weights are the tiny ones of tests/one_to_all_tiny.py
 (the names the workflow uses). To stay fast on CPU the sampler gets the overrides the workflow

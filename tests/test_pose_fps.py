@@ -32,7 +32,7 @@ def test_prepare_driving_video_divides_the_fps():
 def test_saved_video_fps_comes_from_prepare_driving_video(name):
     api = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
     (prep,) = [k for k, v in api.items() if v["class_type"] == PREPARE]
-    (comps,) = [k for k, v in api.items() if v["class_type"] == "GetVideoComponents"]
+    (comps,) = [k for k, v in api.items() if v["class_type"] == "PoseAnimateVideoComponents"]
     (create,) = [v for v in api.values() if v["class_type"] == "CreateVideo"]
     assert create["inputs"]["fps"] == [prep, 4] and api[prep]["inputs"]["fps"] == [comps, 2]
 
@@ -44,6 +44,6 @@ def test_saved_video_fps_comes_from_prepare_driving_video(name):
     fps_link = links[next(i["link"] for i in create_ui["inputs"] if i["name"] == "fps")]
     assert fps_link[1:3] == [prep_ui["id"], 4] and fps_link[0] in prep_ui["outputs"][4]["links"]
     in_link = links[next(i["link"] for i in prep_ui["inputs"] if i["name"] == "fps")]
-    assert nodes[in_link[1]]["type"] == "GetVideoComponents" and in_link[2] == 2
+    assert nodes[in_link[1]]["type"] == "PoseAnimateVideoComponents" and in_link[2] == 2
     assert in_link[3:5] == [prep_ui["id"], [i["name"] for i in prep_ui["inputs"]].index("fps")]
     assert ui["last_link_id"] >= max(links)

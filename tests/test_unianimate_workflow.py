@@ -1,6 +1,6 @@
 """The UniAnimate-DiT workflow (API twin) run end to end through the node classes on tiny weights.
 
-ComfyUI's core nodes (LoadImage, LoadVideo, GetVideoComponents, CreateVideo, SaveVideo) are
+ComfyUI's core nodes (LoadImage, LoadVideo, CreateVideo, SaveVideo) are
 minimal stand-ins; every PoseAnimate node is the real class, called as ComfyUI calls it
 (INPUT_TYPES, FUNCTION, return tuples). Weights: tests/unianimate_tiny.py's write_tiny_models,
 the same files the real-ComfyUI harness uses.
@@ -19,13 +19,15 @@ from poseanimate.headless.executor import Executor
 from poseanimate.models.unianimate import pipeline as pl
 from poseanimate.nodes import pose as pose_nodes
 from poseanimate.nodes import unianimate as ua_nodes
+from poseanimate.nodes import video as video_nodes
 from poseanimate.nodes import wan as wan_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 API = json.loads((ROOT / "workflows" / "api" / "unianimate.json").read_text())
 UI = json.loads(ui_workflow("unianimate").read_text())
-CLASSES = {**pose_nodes.NODE_CLASS_MAPPINGS, **wan_nodes.NODE_CLASS_MAPPINGS, **ua_nodes.NODE_CLASS_MAPPINGS}
-CORE_WIDGETS = {"LoadImage": ["image"], "LoadVideo": ["file"], "GetVideoComponents": [], "CreateVideo": ["fps"],
+CLASSES = {**pose_nodes.NODE_CLASS_MAPPINGS, **wan_nodes.NODE_CLASS_MAPPINGS, **ua_nodes.NODE_CLASS_MAPPINGS,
+           **video_nodes.NODE_CLASS_MAPPINGS}
+CORE_WIDGETS = {"LoadImage": ["image"], "LoadVideo": ["file"], "CreateVideo": ["fps"],
                 "SaveVideo": ["filename_prefix", "format", "codec"]}
 SAMPLER = next(k for k, v in API.items() if v["class_type"] == "PoseAnimateUniAnimateSampler")
 SMALL = (128, 160)  # reference (W, H) of the in-process runs
