@@ -45,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--driving", help="driving video (the motion); default: bundled sample clip")
     p.add_argument("--out", default="output", help="output folder (default: output/)")
     p.add_argument("--detector", default="mediapipe", choices=["mediapipe", "dwpose"])
-    p.add_argument("--pose-models", help="folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (dwpose)")
+    p.add_argument("--pose-models", help="folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (dwpose), or the "
+                   "mediapipe .task files that mediapipe >= 1.x needs (default: models/pose_models)")
     p.add_argument("--mode", default="unianimate", help="alignment: none, unianimate, one_to_all_ref, one_to_all_pose")
     p.add_argument("--style", default=None, help="drawing style (default: the mode's own)")
     p.add_argument("--every-nth", type=int, default=1)
@@ -117,6 +118,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.request:
         return run_request_cli(args)
+    try:
+        return run_pose_demo(args)
+    except (OSError, ValueError, ImportError) as exc:  # a missing file or model: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def run_pose_demo(args) -> int:
+    """Reference + driving video (or the bundled samples) -> the pose stage -> pose video, preview, JSON."""
     load_pack()
     import cv2
     import numpy as np
@@ -125,7 +135,11 @@ def main(argv=None) -> int:
 
     started = time.perf_counter()
     if args.reference:
-        reference = cv2.cvtColor(cv2.imread(args.reference, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        picture = cv2.imread(args.reference, cv2.IMREAD_COLOR)
+        if picture is None:
+            raise FileNotFoundError(f"--reference {args.reference}: no such image, or not one OpenCV can read "
+                                    "(use a PNG or JPEG)")
+        reference = cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)
     else:
         reference = sample_media.sample_reference_image()
     fps = 16.0
@@ -134,11 +148,11 @@ def main(argv=None) -> int:
     else:
         driving = sample_media.sample_driving_clip(args.frames)
 
+    folder = Path(args.pose_models or "models/pose_models")
     if args.detector == "dwpose":
-        folder = Path(args.pose_models or "models/pose_models")
         detector = detect.load_detector("dwpose", det_path=folder / "yolox_l.onnx", pose_path=folder / "dw-ll_ucoco_384.onnx")
-    else:
-        detector = detect.load_detector("mediapipe")
+    else:  # mediapipe <= 0.10.21 has its weights inside; >= 1.x (Python 3.13) reads .task files from the folder
+        detector = detect.load_detector("mediapipe", folder)
 
     result = stage.run_pose_stage(reference, driving, detector, mode=args.mode, style=args.style,
                                   every_nth=args.every_nth, max_frames=args.max_frames)

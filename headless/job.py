@@ -36,8 +36,11 @@ MODEL_INPUTS = {
     "PoseAnimateWanCLIPVisionLoader": {"clip_name": "clip_vision"},
     "PoseAnimateAnimateDiffLoader": {"checkpoint": "checkpoints", "motion_module": "animatediff_models",
                                      "lora_1": "loras", "lora_2": "loras", "lora_3": "loras", "controlnet": "controlnet"},
-    "PoseAnimateLoadPoseDetector": {"dwpose_detector": "pose_models", "dwpose_model": "pose_models"},
+    "PoseAnimateLoadPoseDetector": {"dwpose_detector": "pose_models", "dwpose_model": "pose_models",
+                                    "vitpose_detector": "pose_models", "vitpose_model": "pose_models"},
 }
+# A detector's files count only for the backend that reads them ("auto: ..." backends fall back
+# to the embedded detector themselves, with a warning, when their files are missing).
 OPTIONAL_MODELS = {("PoseAnimateAnimateDiffLoader", "controlnet")}  # missing -> run without it
 # ComfyUI's older folder names that its own folder_paths maps onto the current ones.
 LEGACY_FOLDERS = {"diffusion_models": ("unet",), "text_encoders": ("clip",)}
@@ -110,13 +113,14 @@ class MissingModel:
 
 
 def model_files(graph: dict) -> list[MissingModel]:
-    """Every model file the graph names (a detector's files only when it uses DWPose)."""
+    """Every model file the graph names (a detector's files only when its backend is DWPose or ViTPose)."""
     found = []
     for nid, node in graph.items():
         table = MODEL_INPUTS.get(node["class_type"], {})
         inputs = node["inputs"]
-        if node["class_type"] == "PoseAnimateLoadPoseDetector" and not str(inputs.get("backend", "")).startswith("dwpose"):
-            continue
+        if node["class_type"] == "PoseAnimateLoadPoseDetector":
+            backend = str(inputs.get("backend", "")).split(" ")[0]
+            table = {inp: kind for inp, kind in table.items() if backend in ("dwpose", "vitpose") and inp.startswith(backend)}
         for inp, kind in table.items():
             if inputs.get(inp) not in NONE and isinstance(inputs.get(inp), str):
                 found.append(MissingModel(nid, node["class_type"], inp, kind, inputs[inp]))

@@ -163,3 +163,47 @@ def test_kept_loaders_are_reused_and_replaced_per_class():
     options["1"]["inputs"]["context_length"] = 8
     second = ex.run(options)["1"][0]
     assert second is not first and list(ex.loaded.values()) == [(second,)]
+
+
+def _animate_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("animate_cli", ROOT / "animate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pose_demo_reads_mediapipe_task_files_from_pose_models_and_names_them(tmp_path, monkeypatch, capsys):
+    """mediapipe >= 1.x (Python 3.13) has no bundled model: the demo looks in --pose-models and says what to put there."""
+    pytest.importorskip("mediapipe.tasks.python", reason="mediapipe's Tasks API (requirements-demo.txt)")
+    from poseanimate.pose import mediapipe_pose
+
+    monkeypatch.setattr(mediapipe_pose, "has_legacy_solutions", lambda: False)
+    empty = tmp_path / "pose_models"
+    empty.mkdir()
+    code = _animate_module().main(["--pose-models", str(empty), "--frames", "2", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    assert str(empty) in err and ".task" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_pose_demo_names_a_reference_it_cannot_read(tmp_path, capsys):
+    missing = tmp_path / "nobody_here.png"
+    code = _animate_module().main(["--reference", str(missing), "--frames", "2", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and str(missing) in err and "PNG or JPEG" in err, err
+
+
+@pytest.mark.parametrize("backend,expected", [
+    ("dwpose (onnx)", {"dwpose_detector", "dwpose_model"}),
+    ("vitpose (onnx)", {"vitpose_detector", "vitpose_model"}),
+    ("auto: vitpose (One-to-All)", set()),  # falls back to the embedded detector by itself
+    ("mediapipe (embedded)", set()),
+])
+def test_a_detectors_files_count_only_for_its_backend(backend, expected):
+    inputs = {"backend": backend, "dwpose_detector": "yolox_l.onnx", "dwpose_model": "dw-ll_ucoco_384.onnx",
+              "vitpose_detector": "yolov10m.onnx", "vitpose_model": "vitpose_h_wholebody.onnx"}
+    found = job.model_files({"4": {"class_type": "PoseAnimateLoadPoseDetector", "inputs": inputs}})
+    assert {m.input for m in found} == expected and all(m.kind == "pose_models" for m in found)
