@@ -171,14 +171,27 @@ class ComfyServer:
             self.proc.kill()
             self.proc.wait(timeout=15)
 
-    def peak_rss_gb(self) -> float | None:
-        """The server process's peak resident memory so far (Linux VmHWM), or None where unknown."""
+    def _proc_status(self, key: str) -> float | None:
+        """A memory line of the server's /proc status in GB (Linux), or None where unknown."""
         try:
             status = Path(f"/proc/{self.proc.pid}/status").read_text()
         except (AttributeError, OSError):
             return None
-        kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
+        kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith(key + ":")), None)
         return None if kb is None else kb / 2**20
+
+    def start_rss_peak(self) -> float | None:
+        """Restart the server's peak-RSS count (Linux ``clear_refs`` 5); returns its RSS now in GB, or
+        None where the peak cannot be restarted (then ``rss_peak_gb`` would mix in earlier jobs)."""
+        try:
+            Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        except (AttributeError, OSError):
+            return None
+        return self._proc_status("VmRSS")
+
+    def rss_peak_gb(self) -> float | None:
+        """The server's peak resident memory since ``start_rss_peak`` (or since it started), in GB."""
+        return self._proc_status("VmHWM")
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
