@@ -75,7 +75,12 @@ def _decode_rgb(container, stream, name: str, max_frames: int = 0) -> list[np.nd
     frames = []
     try:
         for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
+            turns = quarter_turns(getattr(frame, "rotation", 0))  # PyAV >= 14 reads the display matrix
+            if turns and not frames:
+                _log.info("%s: turned by %d degrees counter-clockwise, as its display matrix says (a video shot "
+                          "upright on a phone)", name, turns * 90)
+            frames.append(np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), turns)) if turns
+                          else frame.to_ndarray(format="rgb24"))
             if max_frames and len(frames) >= max_frames:
                 break
     except av.error.FFmpegError as exc:
@@ -86,6 +91,18 @@ def _decode_rgb(container, stream, name: str, max_frames: int = 0) -> list[np.nd
     if not frames:
         raise VideoFileError(f"{name} has a video stream but 0 frames could be decoded from it; {LOAD_A_VIDEO}.")
     return frames
+
+
+def quarter_turns(rotation) -> int:
+    """Counter-clockwise quarter turns (``np.rot90``'s k) that make a frame upright.
+
+    ``rotation``: PyAV's ``VideoFrame.rotation``, the display matrix's counter-clockwise angle
+    (what ffprobe prints as "rotation of -90.00 degrees"). Phones store a video shot upright as
+    landscape frames plus this matrix; players, ffmpeg and OpenCV turn the frames, PyAV (and so
+    ComfyUI's own video nodes) does not, and a dancer filmed upright would reach the pose
+    detector lying on her side.
+    """
+    return round(float(rotation or 0) / 90) % 4
 
 
 def _fps(stream) -> float:

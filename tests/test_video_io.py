@@ -135,3 +135,30 @@ def test_decoding_holds_the_clip_about_once_where_comfyuis_method_holds_it_twice
     assert pack["frames"] == comfy["frames"] == 30
     assert pack["ratio"] <= 1.6, result  # uint8 frames + one float buffer (+ the decoder's own pages)
     assert pack["ratio"] < 0.7 * comfy["ratio"], result
+
+
+@pytest.mark.parametrize("rotation,turns", [(-90, 3), (90, 1), (180, 2), (0, 0)])
+def test_phone_videos_come_upright(tmp_path, rotation, turns):
+    """A display matrix of -90 degrees (ffprobe's "rotation of -90.00 degrees": an upright phone video,
+    stored landscape) is turned 90 degrees clockwise, as players and ffmpeg show it."""
+    stored = np.zeros((3, 32, 64, 3), np.uint8)
+    stored[:, :8, :16] = 255  # a white block in the top-left corner of the stored frame
+    path = tmp_path / f"phone_{rotation}.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for frame in stored:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    images, _, _ = video_io.decode_components(str(path), path.name)
+    raw, _ = video_io.read_video(path)
+    expected = np.rot90(stored, turns, axes=(1, 2))
+    assert images.shape[1:3] == expected.shape[1:3] and raw.shape == expected.shape
+    assert np.abs(raw.astype(int) - expected).mean() < 4  # H.264 at its default quality
+    assert torch.equal(images, torch.from_numpy(raw) / 255.0)
+    if rotation == -90:  # clockwise: the top-left block ends up top-right, the frame portrait
+        assert raw.shape[1:3] == (64, 32) and raw[:, :16, -8:].mean() > 200 and raw[:, -16:, :8].mean() < 50
