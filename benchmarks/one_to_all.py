@@ -14,13 +14,8 @@ CPU, tiny random models (the pack's ``OneToAllTransformer`` and diffusers' Wan V
   device by benchmarks/tensor_memory.py (shapes only: the whole-video run needs ~10 GB). Target <= 0.35.
 - ``one_to_all_hint_max_abs``: max |chunked - whole| of real CPU runs of that encoder (seeded
   random weights, 81 frames at ``--hint-size``, default 240x416). Target <= 1e-5.
-GPU (only when CUDA is available): the 14B model with random weights, 480p (480x832), 81 frames,
-one denoising step with three-way guidance (3 forwards):
-- ``one_to_all_14b_step_s``: seconds per step;
-- ``one_to_all_14b_tflops``: achieved TFLOP/s (FLOPs of one forward counted by
-  ``torch.utils.flop_counter``, times 3, over the step time);
-- ``one_to_all_14b_matmul_fraction``: that rate over the GPU's measured bf16 matmul rate
-  (8192^3 GEMMs). Target >= 0.5.
+GPU figures of the 14B model (seconds per call, MFU, attention backends, compile, fp8, block
+swap, GGUF): ``benchmarks/gpu_suite.py``, one script for every family.
 """
 from __future__ import annotations
 
@@ -182,108 +177,6 @@ def hint_encoder(height: int = 480, width: int = 832, frames: int = 81, check_si
     emit("one_to_all_hint_max_abs", f"{float((chunked - whole).abs().max()):.3g}")
 
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _matmul_rate(device, n: int = 8192, repeats: int = 20) -> float:
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    _sync(device)
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
-
-
-def attention_flops(config: dict, latent_frames: int, height: int, width: int, text_len: int = 512) -> float:
-    """FLOPs of the attention products (QK^T and AV, 2 x 2 x S_q x S_kv x dim) of one forward."""
-    dim = config["num_attention_heads"] * config["attention_head_dim"]
-    r = (height // 16) * (width // 16)          # reference tokens (one frame)
-    s = (latent_frames + 1) * r                 # video tokens, prefix frame included
-    main = config["num_layers"] * (s * s + s * r + s * text_len)
-    control = config["controlnet_layers"] * s * s
-    ref = config["refextractor_layers"] * r * r
-    return 4.0 * dim * (main + control + ref)
-
-
-def build_random_14b(device, config: dict = MODEL_14B) -> OneToAllTransformer:
-    """The 14B configuration built on the meta device, materialised in bf16 with random weights."""
-    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
-
-    with torch.device("meta"):
-        model = OneToAllTransformer(**config)
-    model = model.to(torch.bfloat16).to_empty(device=device)
-    g = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.normal_(0.0, p[0].numel() ** -0.5, generator=g)
-            elif "norm" in name and name.endswith("weight"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, 0.01, generator=g)
-    # RoPE tables are computed in __init__ (empty on meta): rebuild them for real, in float32.
-    for name, module in list(model.named_modules()):
-        if isinstance(module, WanRotaryPosEmbed):
-            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-            fresh = WanRotaryPosEmbed(module.attention_head_dim, module.patch_size, module.max_seq_len).to(device)
-            setattr(parent, name.rpartition(".")[2], fresh)
-    return model.eval().requires_grad_(False)
-
-
-def gpu_figures(height: int = 480, width: int = 832, frames: int = 81, device="cuda", config: dict = MODEL_14B,
-                matmul_size: int = 8192) -> None:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from poseanimate.models.one_to_all.guidance import Conditions, guidance_plan, guided_velocity
-
-    device = torch.device(device)
-    model = build_random_14b(device, config)
-    text_dim = config["text_dim"]
-    lat = (frames - 1) // 4 + 1
-    bf = dict(device=device, dtype=torch.bfloat16)
-    cond = Conditions(
-        reference=torch.randn(1, 32, 1, height // 8, width // 8, **bf),
-        empty_reference=torch.randn(1, 32, 1, height // 8, width // 8, **bf),
-        pose_video=torch.rand(1, 3, frames, height, width, **bf) * 2 - 1,
-        reference_pose=torch.rand(1, 3, 1, height, width, **bf) * 2 - 1,
-        positive=torch.randn(1, 512, text_dim, **bf), negative=torch.randn(1, 512, text_dim, **bf))
-    x = torch.randn(1, 16, lat, height // 8, width // 8, **bf)
-    t = torch.tensor([900.0], device=device)
-    plan = guidance_plan(2.0, 1.5)
-    with torch.no_grad():
-        kw = cond.inputs_for(plan.calls[0])
-        with FlopCounterMode(display=False) as counter:
-            model(hidden_states=x, timestep=t, **kw, token_replace=True, return_dict=False)
-        flops = counter.get_total_flops()
-        counted = {str(k) for k in counter.get_flop_counts().get("Global", {})}
-        if not any("scaled_dot_product" in k for k in counted):  # a kernel the counter has no formula for
-            flops += attention_flops(config, lat, height, width)
-            print("# attention FLOPs added analytically (the flop counter did not see the SDPA kernel)", flush=True)
-        guided_velocity(model, plan, cond, x, t, True)  # warm-up
-        _sync(device)
-        times = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            guided_velocity(model, plan, cond, x, t, True)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-    step = min(times)
-    rate = 3 * flops / step
-    peak = _matmul_rate(device, matmul_size)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
-    print(f"# {name}: forward {flops / 1e12:.1f} TFLOP, step {step:.2f}s, "
-          f"bf16 matmul {peak / 1e12:.0f} TFLOP/s", flush=True)
-    emit("one_to_all_14b_step_s", round(step, 3))
-    emit("one_to_all_14b_tflops", round(rate / 1e12, 1))
-    emit("one_to_all_14b_matmul_fraction", round(rate / peak, 3))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mem-child", type=int, default=0, help=argparse.SUPPRESS)
@@ -292,7 +185,6 @@ def main() -> None:
     ap.add_argument("--overhead-size", type=int, default=16)
     ap.add_argument("--overhead-steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    ap.add_argument("--skip-cpu", action="store_true")
     ap.add_argument("--hint-size", type=int, nargs=2, default=(240, 416), metavar=("H", "W"),
                     help="frame size of the real chunked-vs-whole hint encoder check")
     ap.add_argument("--hint-only", action="store_true", help="only the two hint encoder figures")
@@ -305,15 +197,9 @@ def main() -> None:
     if args.hint_only:
         hint_encoder(check_size=tuple(args.hint_size))
         return
-    if not args.skip_cpu:
-        hint_encoder(check_size=tuple(args.hint_size))
-        overhead(size=args.overhead_size, steps=args.overhead_steps)
-        memory(size=args.size, steps=args.steps)
-    if torch.cuda.is_available():
-        gpu_figures()
-    else:
-        print("# GPU figures skipped: CUDA is not available (one_to_all_14b_step_s, one_to_all_14b_tflops, "
-              "one_to_all_14b_matmul_fraction need a GPU with ~40 GB for the 14B random weights)", flush=True)
+    hint_encoder(check_size=tuple(args.hint_size))
+    overhead(size=args.overhead_size, steps=args.overhead_steps)
+    memory(size=args.size, steps=args.steps)
 
 
 if __name__ == "__main__":
