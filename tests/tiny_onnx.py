@@ -72,6 +72,37 @@ def yolox_rows(boxes) -> np.ndarray:
     return rows
 
 
+def _gated_rows(path: Path, images, output, rows: np.ndarray, gate_channel: int | None, score: int,
+                mid: float, gain: float) -> Path:
+    """A detector graph returning the constant ``rows`` for each image (the batch axis comes from the
+    input). With ``gate_channel`` the ``score`` column is multiplied by
+    sigmoid((mean of that input channel - mid) * gain), so a box only appears when that channel is bright."""
+    gated = np.zeros_like(rows)
+    if gate_channel is not None:
+        gated[..., score], rows = rows[..., score].copy(), rows.copy()
+        rows[..., score] = 0.0
+    inits = [numpy_helper.from_array(rows, "rows"), numpy_helper.from_array(gated, "gated"),
+             numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
+             numpy_helper.from_array(np.array([mid], np.float32), "mid"),
+             numpy_helper.from_array(np.array([gain], np.float32), "gain"),
+             numpy_helper.from_array(np.array([gate_channel or 0], np.int64), "chan"),
+             numpy_helper.from_array(np.array([(gate_channel or 0) + 1], np.int64), "chan_end"),
+             numpy_helper.from_array(np.array([1], np.int64), "one")]
+    nodes = [
+        helper.make_node("Slice", ["images", "chan", "chan_end", "one"], ["ch"]),  # channel c only
+        helper.make_node("ReduceMean", ["ch"], ["m"], axes=[1, 2, 3], keepdims=1),  # [N,1,1,1]
+        helper.make_node("Squeeze", ["m", "one"], ["m3"]),  # [N,1,1]
+        helper.make_node("Sub", ["m3", "mid"], ["c"]),
+        helper.make_node("Mul", ["c", "gain"], ["cq"]),
+        helper.make_node("Sigmoid", ["cq"], ["gate"]),
+        helper.make_node("Mul", ["m3", "zero"], ["z"]),  # 0 per image: gives the batch axis
+        helper.make_node("Add", ["rows", "z"], ["base"]),
+        helper.make_node("Mul", ["gated", "gate"], ["g"]),
+        helper.make_node("Add", ["base", "g"], [output.name]),
+    ]
+    return _save(nodes, [images], [output], inits, path)
+
+
 def build_detector(path: Path, boxes, dynamic_batch: bool = False, gate_channel: int | None = None) -> Path:
     """YOLOX-signature model returning ``yolox_rows(boxes)`` for each image. With ``gate_channel``
     the objectness is multiplied by sigmoid((mean of that input channel - 128) / 4), so a box
@@ -79,32 +110,7 @@ def build_detector(path: Path, boxes, dynamic_batch: bool = False, gate_channel:
     batch = "N" if dynamic_batch else 1
     images = helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, 640, 640])
     output = helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, NUM_ROWS, 85])
-    rows = yolox_rows(boxes)[None]
-    gated = np.zeros_like(rows)
-    if gate_channel is not None:
-        gated[..., 4], rows = rows[..., 4].copy(), rows.copy()
-        rows[..., 4] = 0.0
-    inits = [numpy_helper.from_array(rows, "rows"), numpy_helper.from_array(gated, "gated"),
-             numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
-             numpy_helper.from_array(np.array([128.0], np.float32), "mid"),
-             numpy_helper.from_array(np.array([0.25], np.float32), "quarter"),
-             numpy_helper.from_array(np.array([gate_channel or 0], np.int64), "chan"),
-             numpy_helper.from_array(np.array([(gate_channel or 0) + 1], np.int64), "chan_end"),
-             numpy_helper.from_array(np.array([1], np.int64), "one")]
-    nodes = [
-        # per-image scalar that depends on the input: gives the batch axis and (optionally) the gate
-        helper.make_node("Slice", ["images", "chan", "chan_end", "one"], ["ch"]),  # channel c only
-        helper.make_node("ReduceMean", ["ch"], ["m"], axes=[1, 2, 3], keepdims=1),  # [N,1,1,1]
-        helper.make_node("Squeeze", ["m", "one"], ["m3"]),  # [N,1,1]
-        helper.make_node("Sub", ["m3", "mid"], ["c"]),
-        helper.make_node("Mul", ["c", "quarter"], ["cq"]),
-        helper.make_node("Sigmoid", ["cq"], ["gate"]),
-        helper.make_node("Mul", ["m3", "zero"], ["z"]),
-        helper.make_node("Add", ["rows", "z"], ["base"]),  # [N,8400,85]
-        helper.make_node("Mul", ["gated", "gate"], ["g"]),
-        helper.make_node("Add", ["base", "g"], ["output"]),
-    ]
-    return _save(nodes, [images], [output], inits, path)
+    return _gated_rows(path, images, output, yolox_rows(boxes)[None], gate_channel, score=4, mid=128.0, gain=0.25)
 
 
 def simcc_onehot(points, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -179,30 +185,7 @@ def build_yolov10(path: Path, boxes, dynamic_batch: bool = False, gate_channel: 
     output = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, 300, 6])
     rows = np.zeros((1, 300, 6), np.float32)
     rows[0, : len(boxes)] = np.asarray(boxes, np.float32).reshape(-1, 6)
-    gated = np.zeros_like(rows)
-    if gate_channel is not None:
-        gated[..., 4], rows = rows[..., 4].copy(), rows.copy()
-        rows[..., 4] = 0.0
-    inits = [numpy_helper.from_array(rows, "rows"), numpy_helper.from_array(gated, "gated"),
-             numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
-             numpy_helper.from_array(np.array([0.5], np.float32), "mid"),
-             numpy_helper.from_array(np.array([255.0 / 4], np.float32), "gain"),
-             numpy_helper.from_array(np.array([gate_channel or 0], np.int64), "chan"),
-             numpy_helper.from_array(np.array([(gate_channel or 0) + 1], np.int64), "chan_end"),
-             numpy_helper.from_array(np.array([1], np.int64), "one")]
-    nodes = [
-        helper.make_node("Slice", ["images", "chan", "chan_end", "one"], ["ch"]),
-        helper.make_node("ReduceMean", ["ch"], ["m"], axes=[1, 2, 3], keepdims=1),  # [N,1,1,1]
-        helper.make_node("Squeeze", ["m", "one"], ["m3"]),  # [N,1,1]
-        helper.make_node("Sub", ["m3", "mid"], ["c"]),
-        helper.make_node("Mul", ["c", "gain"], ["cq"]),
-        helper.make_node("Sigmoid", ["cq"], ["gate"]),
-        helper.make_node("Mul", ["m3", "zero"], ["z"]),
-        helper.make_node("Add", ["rows", "z"], ["base"]),  # [N,300,6]
-        helper.make_node("Mul", ["gated", "gate"], ["g"]),
-        helper.make_node("Add", ["base", "g"], ["output0"]),
-    ]
-    return _save(nodes, [images], [output], inits, path)
+    return _gated_rows(path, images, output, rows, gate_channel, score=4, mid=0.5, gain=255.0 / 4)
 
 
 def gaussian_heatmaps(peaks, height: int = 64, width: int = 48, sigma: float = 2.0) -> np.ndarray:
