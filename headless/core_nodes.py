@@ -99,8 +99,9 @@ class CoreNodes:
             return (Video(self.clip, self.fps),)
         from ..pose import video_io
 
-        frames, fps = video_io.read_video(self.input_file(file))
-        return (Video(torch.from_numpy(frames).float().div(255), fps),)
+        path = self.input_file(file)
+        images, audio, fps = video_io.decode_components(str(path), path.name)
+        return (Video(images, fps, audio),)
 
     def get_components(self, video):
         return (video.images, video.audio, video.fps)

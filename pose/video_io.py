@@ -68,10 +68,14 @@ def _open(source, name: str):
         raise VideoFileError(f"{name} cannot be read as a video ({exc}); {LOAD_A_VIDEO}.") from exc
 
 
-def _decode_rgb(container, stream, name: str, max_frames: int = 0) -> list[np.ndarray]:
-    """(H, W, 3) uint8 frames. A file that breaks off part-way keeps the frames before the break (logged)."""
+def _decode_rgb(container, stream, name: str, max_frames: int = 0, bytes_per_sample: int = 2) -> list[np.ndarray]:
+    """(H, W, 3) uint8 frames. A file that breaks off part-way keeps the frames before the break (logged).
+
+    ``bytes_per_sample``: what the caller will hold per decoded sample at its peak (refused
+    beforehand when the clip's frame count says it cannot fit in the free memory)."""
     import av
 
+    _check_memory(container, stream, name, max_frames, bytes_per_sample)
     frames = []
     try:
         for frame in container.decode(stream):
@@ -91,6 +95,39 @@ def _decode_rgb(container, stream, name: str, max_frames: int = 0) -> list[np.nd
     if not frames:
         raise VideoFileError(f"{name} has a video stream but 0 frames could be decoded from it; {LOAD_A_VIDEO}.")
     return frames
+
+
+def expected_frames(container, stream) -> int | None:
+    """The clip's frame count from its header (or duration x rate), before decoding; None if unknown."""
+    if stream.frames:
+        return int(stream.frames)
+    rate = stream.average_rate or stream.guessed_rate
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / 1_000_000  # AV_TIME_BASE
+    else:
+        return None
+    return int(round(seconds * float(rate))) if rate else None
+
+
+def _check_memory(container, stream, name: str, max_frames: int, bytes_per_sample: int) -> None:
+    """Refuse a clip whose frames cannot fit in the free memory, before any is decoded: a 10-minute
+    1080p clip is 450 GB as float frames, and an OOM kill would take the server down with it."""
+    from ..models.runtime.placement import available_memory
+    from .frames import NotEnoughMemoryError
+
+    count = expected_frames(container, stream)
+    if max_frames and count:
+        count = min(count, max_frames)
+    free = available_memory()
+    width, height = stream.codec_context.width, stream.codec_context.height
+    need = (count or 0) * width * height * 3 * bytes_per_sample
+    if free is not None and count and need > free:
+        raise NotEnoughMemoryError(
+            f"{name}: {count} frames of {width}x{height} need {need / 2**30:.1f} GiB in memory but only "
+            f"{free / 2**30:.1f} GiB is free. Trim the video to the part you need or lower its resolution "
+            "before loading it (a video editor, or e.g. `ffmpeg -i in.mp4 -t 10 -vf scale=-2:720 out.mp4`).")
 
 
 def quarter_turns(rotation) -> int:
@@ -115,7 +152,7 @@ def read_video(path: str | Path, max_frames: int = 0) -> tuple[np.ndarray, float
     name = Path(path).name
     with _open(path, name) as container:
         stream = _video_stream(container, name)
-        return np.stack(_decode_rgb(container, stream, name, max_frames)), _fps(stream)
+        return np.stack(_decode_rgb(container, stream, name, max_frames, bytes_per_sample=2)), _fps(stream)
 
 
 def decode_components(source, name: str = "the video"):
@@ -132,7 +169,7 @@ def decode_components(source, name: str = "the video"):
     with _open(source, name) as container:
         stream = _video_stream(container, name)
         fps = _fps(stream)
-        decoded = _decode_rgb(container, stream, name)
+        decoded = _decode_rgb(container, stream, name, bytes_per_sample=5)  # uint8 frames + the float32 copy
         audio = _decode_audio(container, name)
     t, (h, w, c) = len(decoded), decoded[0].shape
     images = torch.empty((t, h, w, c), dtype=torch.float32)

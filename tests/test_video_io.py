@@ -162,3 +162,19 @@ def test_phone_videos_come_upright(tmp_path, rotation, turns):
     assert torch.equal(images, torch.from_numpy(raw) / 255.0)
     if rotation == -90:  # clockwise: the top-left block ends up top-right, the frame portrait
         assert raw.shape[1:3] == (64, 32) and raw[:, :16, -8:].mean() > 200 and raw[:, -16:, :8].mean() < 50
+
+
+def test_a_clip_too_large_for_free_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    from poseanimate.models.runtime import placement
+    from poseanimate.pose.frames import NotEnoughMemoryError
+
+    path = video_io.write_mp4(tmp_path / "long.mp4", _clip(6), fps=12)
+    monkeypatch.setattr(placement, "available_memory", lambda: 64 * 48 * 3 * 5 * 6 - 1)  # one byte short
+    with pytest.raises(NotEnoughMemoryError) as exc:
+        video_io.decode_components(str(path), "long.mp4")
+    message = str(exc.value)
+    assert "long.mp4: 6 frames of 64x48" in message and "GiB is free" in message and "Trim the video" in message
+    raw, _ = video_io.read_video(path)  # uint8 frames (2 bytes a sample at the peak) still fit
+    assert raw.shape[0] == 6 and video_io.read_video(path, max_frames=2)[0].shape[0] == 2
+    monkeypatch.setattr(placement, "available_memory", lambda: None)  # unknown: no check
+    assert video_io.decode_components(str(path))[0].shape[0] == 6
