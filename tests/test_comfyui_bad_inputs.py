@@ -142,6 +142,7 @@ def _write_media(folder: Path) -> dict[str, Path]:
         stream = container.add_stream("libx264", rate=8)
         stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
         container.start_encoding()
+    out["long_clip"] = _write_long_clip(folder / "bi_too_long.mp4")
     Image.fromarray(np.full((160, 128, 3), 128, np.uint8)).save(folder / "bi_blank.png")
     out["blank_ref"] = folder / "bi_blank.png"
     gray16 = (ref.mean(axis=2) * 257).astype(np.uint16)  # 16 bits per sample
@@ -157,6 +158,28 @@ def _write_media(folder: Path) -> dict[str, Path]:
     Image.fromarray(ref).resize((4000, 8064)).save(folder / "bi_ref_huge.png", compress_level=1)
     out["ref_huge"] = folder / "bi_ref_huge.png"
     return out
+
+
+def _write_long_clip(path: Path) -> Path:
+    """A small file whose frames need 1.5x this machine's free memory as float frames (640x360, black,
+    encoded as fast as x264 goes)."""
+    import av
+
+    from poseanimate.models.runtime.placement import available_memory
+
+    frames = math.ceil(1.5 * (available_memory() or 2**34) / (640 * 360 * 3 * 4))
+    black = av.VideoFrame.from_ndarray(np.zeros((360, 640, 3), np.uint8), format="rgb24")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "51"}
+        for i in range(frames):
+            black.pts = i
+            for packet in stream.encode(black):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
 
 
 def _write_wrong_family_loras(loras: Path) -> None:
@@ -296,6 +319,11 @@ def _(ctx):
 @case("zero-frame driving video", "0 frames", "video", "plays")
 def _(ctx):
     return ctx.failed(ctx.workflow("pose_alignment", video=ctx.up["zero_clip"]))
+
+
+@case("driving video too long for memory", "frames of 640x360", "GiB", "Trim the video")
+def _(ctx):
+    return ctx.failed(ctx.workflow("pose_alignment", video=ctx.up["long_clip"]))
 
 
 @case("no person in the reference", "reference", "no person", "visible")
