@@ -28,7 +28,7 @@ class VideoComponents:
         source = host.video_file_source(video)
         if source is not None:
             name = source if isinstance(source, str) else "the uploaded video"
-            return video_io.decode_components(source, _short(name))
+            return video_io.decode_components(source, _short(name), progress=host.step_callback)
         parts = video.get_components()
         if parts.images.shape[0] == 0:
             raise video_io.VideoFileError(f"the video has 0 frames; {video_io.LOAD_A_VIDEO}.")

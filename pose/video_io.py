@@ -68,14 +68,18 @@ def _open(source, name: str):
         raise VideoFileError(f"{name} cannot be read as a video ({exc}); {LOAD_A_VIDEO}.") from exc
 
 
-def _decode_rgb(container, stream, name: str, max_frames: int = 0, bytes_per_sample: int = 2) -> list[np.ndarray]:
+def _decode_rgb(container, stream, name: str, max_frames: int = 0, bytes_per_sample: int = 2,
+                progress=None) -> list[np.ndarray]:
     """(H, W, 3) uint8 frames. A file that breaks off part-way keeps the frames before the break (logged).
 
     ``bytes_per_sample``: what the caller will hold per decoded sample at its peak (refused
-    beforehand when the clip's frame count says it cannot fit in the free memory)."""
+    beforehand when the clip's frame count says it cannot fit in the free memory).
+    ``progress``: ``progress(total) -> step(n)``, called once per decoded frame (ComfyUI's bar and
+    Cancel button: a long 1080p clip takes a while to decode)."""
     import av
 
-    _check_memory(container, stream, name, max_frames, bytes_per_sample)
+    count = _check_memory(container, stream, name, max_frames, bytes_per_sample)
+    step = progress(count) if progress is not None and count else None
     frames = []
     try:
         for frame in container.decode(stream):
@@ -85,6 +89,8 @@ def _decode_rgb(container, stream, name: str, max_frames: int = 0, bytes_per_sam
                           "upright on a phone)", name, turns * 90)
             frames.append(np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), turns)) if turns
                           else frame.to_ndarray(format="rgb24"))
+            if step is not None:
+                step(1)
             if max_frames and len(frames) >= max_frames:
                 break
     except av.error.FFmpegError as exc:
@@ -111,9 +117,10 @@ def expected_frames(container, stream) -> int | None:
     return int(round(seconds * float(rate))) if rate else None
 
 
-def _check_memory(container, stream, name: str, max_frames: int, bytes_per_sample: int) -> None:
+def _check_memory(container, stream, name: str, max_frames: int, bytes_per_sample: int) -> int | None:
     """Refuse a clip whose frames cannot fit in the free memory, before any is decoded: a 10-minute
-    1080p clip is 450 GB as float frames, and an OOM kill would take the server down with it."""
+    1080p clip is 450 GB as float frames, and an OOM kill would take the server down with it.
+    Returns the expected frame count (None when the header does not tell)."""
     from ..models.runtime.placement import available_memory
     from .frames import NotEnoughMemoryError
 
@@ -128,6 +135,7 @@ def _check_memory(container, stream, name: str, max_frames: int, bytes_per_sampl
             f"{name}: {count} frames of {width}x{height} need {need / 2**30:.1f} GiB in memory but only "
             f"{free / 2**30:.1f} GiB is free. Trim the video to the part you need or lower its resolution "
             "before loading it (a video editor, or e.g. `ffmpeg -i in.mp4 -t 10 -vf scale=-2:720 out.mp4`).")
+    return count
 
 
 def quarter_turns(rotation) -> int:
@@ -155,7 +163,7 @@ def read_video(path: str | Path, max_frames: int = 0) -> tuple[np.ndarray, float
         return np.stack(_decode_rgb(container, stream, name, max_frames, bytes_per_sample=2)), _fps(stream)
 
 
-def decode_components(source, name: str = "the video"):
+def decode_components(source, name: str = "the video", progress=None):
     """A video file (path or file object) -> (frames, audio, fps) as ComfyUI's Get Video Components gives them.
 
     frames: (T, H, W, 3) float32 in [0, 1], equal to ComfyUI's ``uint8 / 255.0``; audio: ComfyUI's
@@ -169,7 +177,7 @@ def decode_components(source, name: str = "the video"):
     with _open(source, name) as container:
         stream = _video_stream(container, name)
         fps = _fps(stream)
-        decoded = _decode_rgb(container, stream, name, bytes_per_sample=5)  # uint8 frames + the float32 copy
+        decoded = _decode_rgb(container, stream, name, bytes_per_sample=5, progress=progress)  # uint8 + float32
         audio = _decode_audio(container, name)
     t, (h, w, c) = len(decoded), decoded[0].shape
     images = torch.empty((t, h, w, c), dtype=torch.float32)

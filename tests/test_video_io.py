@@ -178,3 +178,26 @@ def test_a_clip_too_large_for_free_memory_is_refused_before_decoding(tmp_path, m
     assert raw.shape[0] == 6 and video_io.read_video(path, max_frames=2)[0].shape[0] == 2
     monkeypatch.setattr(placement, "available_memory", lambda: None)  # unknown: no check
     assert video_io.decode_components(str(path))[0].shape[0] == 6
+
+
+def test_decoding_reports_progress_and_can_be_cancelled(tmp_path):
+    path = video_io.write_mp4(tmp_path / "clip.mp4", _clip(6), fps=12)
+    seen = []
+
+    def progress(total):
+        seen.append(total)
+        return lambda n: seen.append(n)
+
+    video_io.decode_components(str(path), "clip.mp4", progress=progress)
+    assert seen == [6] + [1] * 6
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_after(total):
+        def step(n):
+            raise Cancelled  # what ComfyUI's interrupt check raises, from inside the step
+        return step
+
+    with pytest.raises(Cancelled):
+        video_io.decode_components(str(path), "clip.mp4", progress=cancel_after)
