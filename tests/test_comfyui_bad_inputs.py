@@ -155,9 +155,28 @@ def _write_media(folder: Path) -> dict[str, Path]:
             np.asarray(Image.fromarray(ref).resize((side, side)))
         Image.fromarray(canvas).save(folder / f"bi_ref_{w}x{h}.png")
         out[f"ref_{w}x{h}"] = folder / f"bi_ref_{w}x{h}.png"
+    out["phone_clip"] = _write_phone_clip(folder / "bi_phone_upright.mp4", sample_media.sample_driving_clip(4, (320, 480)))
     Image.fromarray(ref).resize((4000, 8064)).save(folder / "bi_ref_huge.png", compress_level=1)
     out["ref_huge"] = folder / "bi_ref_huge.png"
     return out
+
+
+def _write_phone_clip(path: Path, upright: np.ndarray) -> Path:
+    """How a phone stores a video shot upright: the frames turned on their side (landscape) and a
+    display matrix of -90 degrees that tells players to turn them back clockwise."""
+    import av
+
+    stored = np.ascontiguousarray(np.rot90(upright, 1, axes=(1, 2)))  # counter-clockwise: lying down
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = stored.shape[2], stored.shape[1], "yuv420p"
+        stream.set_display_rotation(-90)
+        for frame in stored:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
 
 
 def _write_long_clip(path: Path) -> Path:
@@ -647,6 +666,21 @@ def _(ctx):
 def _(ctx):
     result = ctx.ran(ctx.workflow("pose_alignment", image=ctx.up["ref_1080x2179"]))
     return "saved" if result.history["outputs"] else ""
+
+
+@case("phone video shot upright (display matrix -90)", "upright")
+def _(ctx):
+    prompt = ctx.workflow("pose_alignment", video=ctx.up["phone_clip"])
+    prompt["13"] = {"class_type": "PoseAnimateSavePoseJSON",
+                    "inputs": {"poses": ["7", 0], "filename_prefix": "bad_inputs/phone_driving"}}
+    ctx.ran(prompt)
+    (saved,) = sorted((ctx.server.output_dir / "bad_inputs").glob("phone_driving_*.json"))
+    poses = json.loads(saved.read_text())
+    w, h = poses[0]["canvas_width"], poses[0]["canvas_height"]
+    found = sum(1 for frame in poses if frame["people"])
+    assert (w, h) == (320, 480), f"the driving frames are {w}x{h}, not the upright 320x480"
+    assert found == len(poses), f"a person in {found} of {len(poses)} frames"
+    return "upright"
 
 
 @case("odd-sized reference 750x1101 (item 1)", "saved")
