@@ -155,10 +155,25 @@ def _write_media(folder: Path) -> dict[str, Path]:
             np.asarray(Image.fromarray(ref).resize((side, side)))
         Image.fromarray(canvas).save(folder / f"bi_ref_{w}x{h}.png")
         out[f"ref_{w}x{h}"] = folder / f"bi_ref_{w}x{h}.png"
+    out["one_frame_clip"] = video_io.write_mp4(folder / "bi_one_frame.mp4", sample_media.sample_driving_clip(1, (160, 128)), 8)
+    out["audio_only"] = _write_audio_only(folder / "bi_audio_only.mp4")
     out["phone_clip"] = _write_phone_clip(folder / "bi_phone_upright.mp4", sample_media.sample_driving_clip(4, (320, 480)))
     Image.fromarray(ref).resize((4000, 8064)).save(folder / "bi_ref_huge.png", compress_level=1)
     out["ref_huge"] = folder / "bi_ref_huge.png"
     return out
+
+
+def _write_audio_only(path: Path) -> Path:
+    """An .mp4 with one second of sound and no picture (a voice memo renamed, a failed screen recording)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in list(stream.encode(frame)) + list(stream.encode()):
+            container.mux(packet)
+    return path
 
 
 def _write_phone_clip(path: Path, upright: np.ndarray) -> Path:
@@ -338,6 +353,18 @@ def _(ctx):
 @case("zero-frame driving video", "0 frames", "video", "plays")
 def _(ctx):
     return ctx.failed(ctx.workflow("pose_alignment", video=ctx.up["zero_clip"]))
+
+
+@case("audio-only file as the driving video", "bi_audio_only.mp4", "no video stream", "audio", "plays")
+def _(ctx):
+    return ctx.failed(ctx.workflow("pose_alignment", video=ctx.up["audio_only"]))
+
+
+@case("one-frame driving video: pose, One-to-All and UniAnimate", "saved")
+def _(ctx):
+    for name in ("pose_alignment", "one_to_all_animation", "unianimate"):
+        ctx.ran(ctx.workflow(name, video=ctx.up["one_frame_clip"]))
+    return "saved"
 
 
 @case("driving video too long for memory", "frames of 640x360", "GiB", "Trim the video")
