@@ -35,6 +35,12 @@ class NodeFailed(RuntimeError):
         super().__init__(f"node {node_id} ({class_type}) failed: {type(exc).__name__}: {exc}")
         self.node_id, self.class_type = node_id, class_type
 
+    def naming_fields(self, fields) -> "NodeFailed":
+        """The same failure, its message naming the request fields that feed the node (as client.py does)."""
+        named = NodeFailed(self.node_id, self.class_type, self.__cause__ or self)
+        named.args = (f"{self} (this node works on request field(s): {', '.join(fields)})",)
+        return named
+
 
 def _is_link(v) -> bool:
     return isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int)

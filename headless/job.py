@@ -342,7 +342,13 @@ def run_request(request: dict, out_dir, *, endpoint: str | None = None, workflow
         t0 = time.perf_counter()
         try:
             with _headless_host(out_dir, progress):
-                ex.run(prompt)
+                try:
+                    ex.run(prompt)
+                except graph_executor.NodeFailed as exc:
+                    fields, _ = client.fields_feeding(prompt, filled.origin, exc.node_id, str(exc))
+                    if not fields:
+                        raise
+                    raise exc.naming_fields(fields) from exc.__cause__
             written += [out_dir / t for ui in ex.ui.values() for t in ui.get("text", []) if (out_dir / t).is_file()]
             if not ex.core.files:
                 raise graph_executor.GraphError(f"{wf_path.name}: the run saved no video (no SaveVideo node?)")

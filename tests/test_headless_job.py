@@ -207,3 +207,21 @@ def test_a_detectors_files_count_only_for_its_backend(backend, expected):
               "vitpose_detector": "yolov10m.onnx", "vitpose_model": "vitpose_h_wholebody.onnx"}
     found = job.model_files({"4": {"class_type": "PoseAnimateLoadPoseDetector", "inputs": inputs}})
     assert {m.input for m in found} == expected and all(m.kind == "pose_models" for m in found)
+
+
+def test_a_video_without_frames_is_one_error_line_naming_the_file(media, tmp_path, capsys):
+    """The headless Load Video reads through pose/video_io.py: an empty upload says what it is, no traceback."""
+    import av
+
+    empty = tmp_path / "cut_off.mp4"
+    with av.open(str(empty), "w", format="mp4") as container:  # a header, then nothing: an upload cut off
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        container.start_encoding()
+    request = tmp_path / "r.json"
+    request.write_text(json.dumps({"endpoint": "pose", "image_url": media[0], "video_url": str(empty)}))
+    code = _animate_module().main([str(request), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err, err
+    assert "has no video stream (0 frames" in err and "plays" in err and "request field(s): video_url" in err, err
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
