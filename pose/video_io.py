@@ -16,13 +16,16 @@ import numpy as np
 _log = logging.getLogger("PoseAnimate")
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 16.0, crf: int = 18) -> Path:
-    """Write (T, H, W, 3) uint8 RGB frames as an H.264 mp4 (even sizes padded by the encoder rules)."""
+def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 16.0, crf: int = 18, display_rotation: int = 0) -> Path:
+    """Write (T, H, W, 3) uint8 RGB frames as an H.264 mp4 (even sizes padded by the encoder rules).
+
+    ``display_rotation``: a display matrix (degrees counter-clockwise, as phones write it) telling
+    players to turn the stored frames; 0 writes none."""
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames = np.asarray(frames, np.uint8)
+    frames = np.ascontiguousarray(frames, np.uint8)
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:  # yuv420p needs even sizes
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
@@ -31,6 +34,8 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 16.0, crf: int 
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf)}
+        if display_rotation:
+            stream.set_display_rotation(display_rotation)
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

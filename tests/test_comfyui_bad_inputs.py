@@ -157,7 +157,10 @@ def _write_media(folder: Path) -> dict[str, Path]:
         out[f"ref_{w}x{h}"] = folder / f"bi_ref_{w}x{h}.png"
     out["one_frame_clip"] = video_io.write_mp4(folder / "bi_one_frame.mp4", sample_media.sample_driving_clip(1, (160, 128)), 8)
     out["audio_only"] = _write_audio_only(folder / "bi_audio_only.mp4")
-    out["phone_clip"] = _write_phone_clip(folder / "bi_phone_upright.mp4", sample_media.sample_driving_clip(4, (320, 480)))
+    # a phone video shot upright: frames stored on their side, a display matrix turning them back
+    upright = sample_media.sample_driving_clip(4, (320, 480))
+    out["phone_clip"] = video_io.write_mp4(folder / "bi_phone_upright.mp4", np.rot90(upright, 1, axes=(1, 2)), 8,
+                                           display_rotation=-90)
     Image.fromarray(ref).resize((4000, 8064)).save(folder / "bi_ref_huge.png", compress_level=1)
     out["ref_huge"] = folder / "bi_ref_huge.png"
     return out
@@ -172,24 +175,6 @@ def _write_audio_only(path: Path) -> Path:
         frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
         frame.sample_rate = 16000
         for packet in list(stream.encode(frame)) + list(stream.encode()):
-            container.mux(packet)
-    return path
-
-
-def _write_phone_clip(path: Path, upright: np.ndarray) -> Path:
-    """How a phone stores a video shot upright: the frames turned on their side (landscape) and a
-    display matrix of -90 degrees that tells players to turn them back clockwise."""
-    import av
-
-    stored = np.ascontiguousarray(np.rot90(upright, 1, axes=(1, 2)))  # counter-clockwise: lying down
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=8)
-        stream.width, stream.height, stream.pix_fmt = stored.shape[2], stored.shape[1], "yuv420p"
-        stream.set_display_rotation(-90)
-        for frame in stored:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
             container.mux(packet)
     return path
 

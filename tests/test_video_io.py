@@ -143,17 +143,7 @@ def test_phone_videos_come_upright(tmp_path, rotation, turns):
     stored landscape) is turned 90 degrees clockwise, as players and ffmpeg show it."""
     stored = np.zeros((3, 32, 64, 3), np.uint8)
     stored[:, :8, :16] = 255  # a white block in the top-left corner of the stored frame
-    path = tmp_path / f"phone_{rotation}.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=8)
-        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
-        if rotation:
-            stream.set_display_rotation(rotation)
-        for frame in stored:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    path = video_io.write_mp4(tmp_path / f"phone_{rotation}.mp4", stored, 8, display_rotation=rotation)
     images, _, _ = video_io.decode_components(str(path), path.name)
     raw, _ = video_io.read_video(path)
     expected = np.rot90(stored, turns, axes=(1, 2))
