@@ -208,7 +208,7 @@ def _decode_audio(container, name: str):
         for frame in container.decode(stream):
             chunks += [f.to_ndarray() for f in resampler.resample(frame)]
         chunks += [f.to_ndarray() for f in resampler.resample(None)]
-    except av.error.FFmpegError as exc:
+    except (av.error.FFmpegError, ValueError) as exc:  # an audio codec PyAV cannot decode or resample
         _log.warning("%s: the audio could not be decoded (%s); the video is used without sound", name, exc)
         return None
     if not chunks:
