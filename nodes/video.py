@@ -1,10 +1,13 @@
 """Get Video Components with a clear answer for a video that has no frames.
 
 ComfyUI's own node fails with a bare ``IndexError`` on a file without a video stream (an empty
-or cut-off upload) and holds every frame twice while it stacks them. This one has the same
-inputs and outputs, so the shipped workflows use it in its place behind ComfyUI's Load Video.
+or cut-off upload) and holds the clip two to three times over while it stacks the frames
+(benchmarks/video_decode.py). This one has the same inputs and outputs, so the shipped
+workflows use it in its place behind ComfyUI's Load Video.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 from ..pose import video_io
 from . import host
@@ -37,8 +40,6 @@ class VideoComponents:
 
 def _short(path: str) -> str:
     """A path as the user picked it in Load Video: the part under the input folder, else the file name."""
-    from pathlib import Path
-
     root, target = host.input_directory().resolve(), Path(path).resolve()
     return target.relative_to(root).as_posix() if target.is_relative_to(root) else target.name
 
