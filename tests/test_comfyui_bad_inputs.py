@@ -26,6 +26,7 @@ import pytest
 import client
 from comfyui_server import ENABLE_HINT, comfyui_location
 from test_comfyui_harness import _with_inputs
+from test_video_io import write_clip_with_sound
 from test_comfyui_harness import media, server, tiny_models, uploaded  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(comfyui_location() is None, reason=ENABLE_HINT)
@@ -157,6 +158,7 @@ def _write_media(folder: Path) -> dict[str, Path]:
         out[f"ref_{w}x{h}"] = folder / f"bi_ref_{w}x{h}.png"
     out["one_frame_clip"] = video_io.write_mp4(folder / "bi_one_frame.mp4", sample_media.sample_driving_clip(1, (160, 128)), 8)
     out["audio_only"] = _write_audio_only(folder / "bi_audio_only.mp4")
+    out["with_sound"] = write_clip_with_sound(folder / "bi_with_sound.mp4", frames=8)
     # a phone video shot upright: frames stored on their side, a display matrix turning them back
     upright = sample_media.sample_driving_clip(4, (320, 480))
     out["phone_clip"] = video_io.write_mp4(folder / "bi_phone_upright.mp4", np.rot90(upright, 1, axes=(1, 2)), 8,
@@ -693,6 +695,18 @@ def _(ctx):
     assert (w, h) == (320, 480), f"the driving frames are {w}x{h}, not the upright 320x480"
     assert found == len(poses), f"a person in {found} of {len(poses)} frames"
     return "upright"
+
+
+@case("a clip with sound keeps it (AnimateDiff v2v)", "sound kept")
+def _(ctx):
+    import av
+
+    result = ctx.ran(ctx.workflow("animatediff_v2v", video=ctx.up["with_sound"]))
+    (entry,) = result.history["outputs"]["10"]["images"]
+    with av.open(io.BytesIO(ctx.server.download(entry))) as container:
+        kinds = sorted(s.type for s in container.streams)
+    assert kinds == ["audio", "video"], kinds
+    return "sound kept"
 
 
 @case("odd-sized reference 750x1101 (item 1)", "saved")

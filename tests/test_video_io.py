@@ -27,7 +27,7 @@ def _clip(frames=5, h=48, w=64):
     return ((np.indices((h, w)).sum(0)[None, ..., None] * 3 + t * 20 + np.array([0, 60, 120])) % 256).astype(np.uint8)
 
 
-def _with_audio(path: Path, frames=6, fps=12, rate=16000, video=True) -> Path:
+def write_clip_with_sound(path: Path, frames=6, fps=12, rate=16000, video=True) -> Path:
     """An mp4 with a 440 Hz stereo tone (AAC) and, when ``video``, H.264 frames."""
     with av.open(str(path), "w") as container:
         vs = None
@@ -74,7 +74,7 @@ def test_frames_equal_comfyuis_conversion_and_fps(tmp_path):
 
 
 def test_audio_comes_as_comfyuis_audio_dict(tmp_path):
-    images, audio, fps = video_io.decode_components(str(_with_audio(tmp_path / "talk.mp4")), "talk.mp4")
+    images, audio, fps = video_io.decode_components(str(write_clip_with_sound(tmp_path / "talk.mp4")), "talk.mp4")
     assert images.shape[0] == 6 and fps == 12
     wave = audio["waveform"]
     assert audio["sample_rate"] == 16000 and wave.dtype == torch.float32 and wave.shape[:2] == (1, 2)
@@ -93,7 +93,7 @@ def test_files_without_frames_say_what_is_wrong(tmp_path, kind, words):
     if kind == "no_stream":
         _no_stream(path)
     elif kind == "audio_only":
-        _with_audio(path, video=False)
+        write_clip_with_sound(path, video=False)
     elif kind == "garbage":
         path.write_bytes(np.random.default_rng(0).bytes(4096))
     else:
