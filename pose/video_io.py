@@ -148,9 +148,9 @@ def quarter_turns(rotation) -> int:
 
     ``rotation``: PyAV's ``VideoFrame.rotation``, the display matrix's counter-clockwise angle
     (what ffprobe prints as "rotation of -90.00 degrees"). Phones store a video shot upright as
-    landscape frames plus this matrix; players, ffmpeg and OpenCV turn the frames, PyAV (and so
-    ComfyUI's own video nodes) does not, and a dancer filmed upright would reach the pose
-    detector lying on her side.
+    landscape frames plus this matrix; players, ffmpeg, OpenCV and decord (the official pipelines'
+    readers) turn the frames, PyAV (and so ComfyUI's own video nodes) does not, and a dancer
+    filmed upright would reach the pose detector lying on her side.
     """
     return round(float(rotation or 0) / 90) % 4
 
