@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pack_loader import load_pack  # noqa: E402
+from timing import call_times, sync  # noqa: E402  (benchmarks/timing.py)
 
 load_pack()
 
@@ -75,11 +76,6 @@ def emit(name: str, value) -> None:
 
 
 # ------------------------------------------------------------------------------ helpers
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def reset_peak(device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -93,14 +89,7 @@ def peak_gib(device) -> float:
 def seconds_per_call(fn, device, repeats: int) -> float:
     """Median wall time of ``fn`` after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(call_times(fn, repeats, device))
 
 
 def matmul_rate(device, n: int, repeats: int = 20) -> float:

@@ -30,6 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from pack_loader import load_pack  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from timing import call_times  # noqa: E402  (benchmarks/timing.py)
+
 load_pack()
 
 from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel  # noqa: E402
@@ -167,22 +170,6 @@ def build_random(cfg: dict, device, dtype=torch.bfloat16) -> WanTransformer3DMod
     return model.eval().requires_grad_(False)
 
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, repeats: int, device) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def gpu_figures(cfg: dict = WAN14B_T2V, latent_shape=(1, 16, 21, 60, 104), device="cuda", budget_bytes: int = 24 * 2**30,
                 repeats: int = 3, prefix: str = "wan14b") -> dict[str, float]:
     """The GPU figures (defaults: 14B, 81 frames at 480x832, 24 GiB block-swap budget).
@@ -218,10 +205,10 @@ def gpu_figures(cfg: dict = WAN14B_T2V, latent_shape=(1, 16, 21, 60, 104), devic
             for name in (("ours", "base") if r % 2 == 0 else ("base", "ours")):
                 if name == "ours":
                     attention.install_attention(model, backend)
-                    ours += _timed(forward, 1, device)
+                    ours += call_times(forward, 1, device)
                 else:
                     attention.uninstall_attention(model)
-                    base += _timed(forward, 1, device)
+                    base += call_times(forward, 1, device)
         attention.install_attention(model, backend)
         reference = forward().float()
         t_ours = statistics.median(ours)
@@ -247,7 +234,7 @@ def gpu_figures(cfg: dict = WAN14B_T2V, latent_shape=(1, 16, 21, 60, 104), devic
                     torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), device)
                     torch.cuda.reset_peak_memory_stats(device)
                 forward()
-                swapped = _timed(forward, repeats, device)
+                swapped = call_times(forward, repeats, device)
                 swap_out = forward().float()
                 peak = torch.cuda.max_memory_allocated(device) if is_cuda else 0
                 break
@@ -272,7 +259,7 @@ def gpu_figures(cfg: dict = WAN14B_T2V, latent_shape=(1, 16, 21, 60, 104), devic
         if is_cuda:
             torch.cuda.empty_cache()
         forward()
-        fp8_times = _timed(forward, repeats, device)
+        fp8_times = call_times(forward, repeats, device)
         fp8_out = forward().float()
         put("fp8_speedup", t_ours / statistics.median(fp8_times))
         put("fp8_max_abs_dev", float((fp8_out - reference).abs().max()))
