@@ -2,9 +2,10 @@
 against the method of ComfyUI's own node (every frame decoded to float32, then ``torch.stack``).
 
 ``video_decode_peak_over_clip``: peak resident-memory growth while decoding, over the bytes of
-the float32 frames it returns (ComfyUI's method: about 2, the clip twice; the pack's: about 1.25,
-uint8 frames plus one float buffer). At 300 frames of 1080p the clip is 7.5 GB, so the
-difference is 5-7 GB of host memory. ``video_decode_time_ratio``: the pack's decode time over
+the float32 frames it returns (the pack's: at most 1.25, uint8 frames plus one float buffer;
+``comfyui_decode_peak_over_clip``, ComfyUI's method: the float frames, their stack and what the
+allocator keeps, about 3 measured). At 300 frames of 1080p the clip is 7.5 GB, so the
+difference is about 13-15 GB of host memory. ``video_decode_time_ratio``: the pack's decode time over
 ComfyUI's method, measured side by side in this run (frame threads make it faster, not slower).
 Each measurement runs in a fresh process so peaks do not mix:
 

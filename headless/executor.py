@@ -31,15 +31,11 @@ class GraphError(ValueError):
 class NodeFailed(RuntimeError):
     """A node raised; the message names the node. The original error is ``__cause__``."""
 
-    def __init__(self, node_id: str, class_type: str, exc: BaseException):
-        super().__init__(f"node {node_id} ({class_type}) failed: {type(exc).__name__}: {exc}")
+    def __init__(self, node_id: str, class_type: str, exc: BaseException, fields=()):
+        """``fields``: the request fields feeding the node, named as client.py names them (headless job)."""
+        about = f" (this node works on request field(s): {', '.join(fields)})" if fields else ""
+        super().__init__(f"node {node_id} ({class_type}) failed: {type(exc).__name__}: {exc}{about}")
         self.node_id, self.class_type = node_id, class_type
-
-    def naming_fields(self, fields) -> "NodeFailed":
-        """The same failure, its message naming the request fields that feed the node (as client.py does)."""
-        named = NodeFailed(self.node_id, self.class_type, self.__cause__ or self)
-        named.args = (f"{self} (this node works on request field(s): {', '.join(fields)})",)
-        return named
 
 
 def _is_link(v) -> bool:

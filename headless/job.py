@@ -281,6 +281,17 @@ def enable_sequence_parallel(sp, outputs) -> None:
             sequence_parallel.enable(transformer, sp)
 
 
+def run_naming_fields(ex, prompt: dict, origin: dict, client) -> None:
+    """``ex.run(prompt)``; a node failure names the request fields feeding the node, as client.py does."""
+    try:
+        ex.run(prompt)
+    except graph_executor.NodeFailed as exc:
+        fields, _ = client.fields_feeding(prompt, origin, exc.node_id, str(exc))
+        if not fields:
+            raise
+        raise graph_executor.NodeFailed(exc.node_id, exc.class_type, exc.__cause__, fields) from exc.__cause__
+
+
 def run_request(request: dict, out_dir, *, endpoint: str | None = None, workflow=None, executor=None,
                 quiet: bool = False, stream=None, sequence_parallel=None) -> JobResult:
     """Run one request; writes ``<out_dir>/<prefix>_<n>_.mp4`` and the result JSON beside it.
@@ -342,13 +353,7 @@ def run_request(request: dict, out_dir, *, endpoint: str | None = None, workflow
         t0 = time.perf_counter()
         try:
             with _headless_host(out_dir, progress):
-                try:
-                    ex.run(prompt)
-                except graph_executor.NodeFailed as exc:
-                    fields, _ = client.fields_feeding(prompt, filled.origin, exc.node_id, str(exc))
-                    if not fields:
-                        raise
-                    raise exc.naming_fields(fields) from exc.__cause__
+                run_naming_fields(ex, prompt, filled.origin, client)
             written += [out_dir / t for ui in ex.ui.values() for t in ui.get("text", []) if (out_dir / t).is_file()]
             if not ex.core.files:
                 raise graph_executor.GraphError(f"{wf_path.name}: the run saved no video (no SaveVideo node?)")

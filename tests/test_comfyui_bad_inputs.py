@@ -157,7 +157,7 @@ def _write_media(folder: Path) -> dict[str, Path]:
         Image.fromarray(canvas).save(folder / f"bi_ref_{w}x{h}.png")
         out[f"ref_{w}x{h}"] = folder / f"bi_ref_{w}x{h}.png"
     out["one_frame_clip"] = video_io.write_mp4(folder / "bi_one_frame.mp4", sample_media.sample_driving_clip(1, (160, 128)), 8)
-    out["audio_only"] = _write_audio_only(folder / "bi_audio_only.mp4")
+    out["audio_only"] = write_clip_with_sound(folder / "bi_audio_only.mp4", video=False)  # a voice memo renamed
     out["with_sound"] = write_clip_with_sound(folder / "bi_with_sound.mp4", frames=8)
     # a phone video shot upright: frames stored on their side, a display matrix turning them back
     upright = sample_media.sample_driving_clip(4, (320, 480))
@@ -166,19 +166,6 @@ def _write_media(folder: Path) -> dict[str, Path]:
     Image.fromarray(ref).resize((4000, 8064)).save(folder / "bi_ref_huge.png", compress_level=1)
     out["ref_huge"] = folder / "bi_ref_huge.png"
     return out
-
-
-def _write_audio_only(path: Path) -> Path:
-    """An .mp4 with one second of sound and no picture (a voice memo renamed, a failed screen recording)."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=16000, layout="mono")
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
-        frame.sample_rate = 16000
-        for packet in list(stream.encode(frame)) + list(stream.encode()):
-            container.mux(packet)
-    return path
 
 
 def _write_long_clip(path: Path) -> Path:
